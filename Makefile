@@ -1,0 +1,21 @@
+# ovss-d2: `make setup` installs everything into .venv; `make test` runs the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup test lint clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: requirements.txt setup.py tools/install_env.sh tools/detectron2_ops_stub.c
+	PYTHON=$(PYTHON) VENV=$(VENV) bash tools/install_env.sh
+
+test: setup
+	$(VPY) -m pytest tests $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf build $(VENV) *.egg-info

@@ -1,0 +1,10 @@
+from . import datasets  # noqa: F401
+from .build import SeededTrainingSampler, build_test_loader, build_train_loader
+from .dataset_mapper import SemSegDatasetMapper
+from .datasets import register_sem_seg_dataset
+from .io import UnreadableImageError, read_image_rgb, read_label
+
+__all__ = [
+    "SeededTrainingSampler", "build_train_loader", "build_test_loader", "SemSegDatasetMapper",
+    "register_sem_seg_dataset", "UnreadableImageError", "read_image_rgb", "read_label",
+]

@@ -1,0 +1,19 @@
+"""The shared CLIP library: wrapper over open_clip, prompt templates, cached text embeddings.
+
+Importing it registers the small open_clip model configs of ``model_configs/`` (``ovss-tiny-vit``,
+``ovss-tiny-convnext``) used by tests and the built-in ToyWorld default."""
+import os as _os
+
+import open_clip as _open_clip
+
+_open_clip.add_model_config(_os.path.join(_os.path.dirname(__file__), "model_configs"))
+
+from .templates import IMAGENET_80, TEMPLATE_SETS, resolve_templates
+from .text_embeddings import TextEmbeddingCache, default_cache_dir, split_synonyms, validate_vocabulary
+from .wrapper import CLIPWeightsUnavailable, CLIPWrapper, count_parameters
+
+__all__ = [
+    "CLIPWrapper", "CLIPWeightsUnavailable", "TextEmbeddingCache", "IMAGENET_80", "TEMPLATE_SETS",
+    "resolve_templates", "default_cache_dir", "split_synonyms", "validate_vocabulary",
+    "count_parameters",
+]

@@ -1,0 +1,124 @@
+"""Text embeddings of a vocabulary: template ensembles, synonyms, batching and a two-level cache
+(memory and disk) so a vocabulary is run through the text encoder once."""
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .templates import validate_templates
+
+logger = logging.getLogger(__name__)
+
+SYNONYM_SEPARATOR = ", "
+
+
+def default_cache_dir() -> str:
+    root = os.environ.get("OVSS_D2_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ovss_d2"))
+    return os.path.join(root, "text_embeddings")
+
+
+def validate_vocabulary(class_names: Sequence[str]) -> List[str]:
+    if class_names is None or len(class_names) == 0:
+        raise ValueError(
+            "The vocabulary is empty: give at least one class name (e.g. --vocabulary 'cat,dog' or "
+            "a dataset whose metadata has stuff_classes)."
+        )
+    names = list(class_names)
+    for i, n in enumerate(names):
+        if not isinstance(n, str) or not n.strip():
+            raise ValueError(f"Class name #{i} of the vocabulary is empty or not a string: {n!r}.")
+    return names
+
+
+def split_synonyms(class_name: str) -> List[str]:
+    """'person, people' -> ['person', 'people']: each synonym is embedded, then averaged."""
+    syns = [s.strip() for s in class_name.split(SYNONYM_SEPARATOR)]
+    return [s for s in syns if s] or [class_name.strip()]
+
+
+class TextEmbeddingCache:
+    """Embeds vocabularies with a CLIP text encoder, once.
+
+    The key of a vocabulary is (model name, text-weights fingerprint, templates, class names).
+    A hit in memory or on disk runs no text-encoder forward.
+
+    Args:
+        clip: a :class:`CLIPWrapper`.
+        cache_dir: directory of the disk cache; ``None`` or ``"none"`` keeps it in memory only.
+        batch_size: prompts per text-encoder forward.
+    """
+
+    def __init__(self, clip, cache_dir: Optional[str] = None, batch_size: int = 256):
+        self.clip = clip
+        self.cache_dir = None if cache_dir in (None, "none", "None") else cache_dir
+        self.batch_size = batch_size
+        self._memory: Dict[str, torch.Tensor] = {}
+
+    def key(self, class_names: Sequence[str], templates: Sequence[str]) -> str:
+        payload = json.dumps(
+            {"model": self.clip.name, "weights": self.clip.text_fingerprint(),
+             "templates": list(templates), "classes": list(class_names)},
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def __call__(self, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+        """Returns (N, P, D) float32 CPU embeddings, L2-normalised per (class, template)."""
+        class_names = validate_vocabulary(class_names)
+        validate_templates(templates)
+        key = self.key(class_names, templates)
+        if key in self._memory:
+            return self._memory[key]
+        path = os.path.join(self.cache_dir, f"{key}.pt") if self.cache_dir else None
+        emb = None
+        if path and os.path.isfile(path):
+            try:
+                emb = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 - a broken cache file is recomputed
+                logger.warning(f"Ignoring unreadable text-embedding cache file {path}: {e}")
+        if emb is None:
+            emb = self.compute(class_names, templates)
+            if path:
+                self._save(emb, path)
+        self._memory[key] = emb
+        return emb
+
+    @torch.no_grad()
+    def compute(self, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+        """Run the text encoder: (N, P, D), synonyms averaged, normalised."""
+        prompts = []
+        synonyms = [split_synonyms(c) for c in class_names]
+        for syns in synonyms:
+            for s in syns:
+                prompts.extend(t.format(s) for t in templates)
+        chunks = range(0, len(prompts), self.batch_size)
+        show = len(chunks) > 1
+        was_training = self.clip.training
+        self.clip.eval()
+        outs = []
+        for start in tqdm(chunks, desc="text embeddings", disable=not show, unit="batch"):
+            tokens = self.clip.tokenize(prompts[start:start + self.batch_size])
+            outs.append(F.normalize(self.clip.encode_text(tokens).float(), dim=-1).cpu())
+        self.clip.train(was_training)
+        flat = torch.cat(outs)  # (sum_c S_c * P, D)
+        p, d = len(templates), flat.shape[-1]
+        per_class, i = [], 0
+        for syns in synonyms:
+            n = len(syns) * p
+            per_class.append(flat[i:i + n].reshape(len(syns), p, d).mean(0))
+            i += n
+        return F.normalize(torch.stack(per_class), dim=-1)
+
+    @staticmethod
+    def _save(emb: torch.Tensor, path: str) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        os.close(fd)
+        torch.save(emb, tmp)
+        os.replace(tmp, path)  # atomic: concurrent ranks never read a half-written file

@@ -1,0 +1,286 @@
+"""The CLIP wrapper every method builds on: one open_clip model, its weights from a tag, a local
+file or nowhere, dense visual features per stage, and text embeddings."""
+import hashlib
+import logging
+import os
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .checkpoint import load_clip_state_dict, read_clip_checkpoint
+
+logger = logging.getLogger(__name__)
+
+NO_WEIGHTS = ("", "none", "random")
+
+
+class CLIPWeightsUnavailable(RuntimeError):
+    """An open_clip pretrained tag whose weights are neither cached nor downloadable."""
+
+
+def _resolve_tag(name: str, tag: str, cache_dir: Optional[str]):
+    """Path of the cached (or freshly downloaded) file of an open_clip pretrained tag."""
+    import open_clip
+    from open_clip.pretrained import download_pretrained
+
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if not cfg:
+        known = open_clip.list_pretrained_tags_by_model(name)
+        raise ValueError(
+            f"MODEL.CLIP.PRETRAINED={tag!r} is neither an existing file nor an open_clip tag of "
+            f"{name!r} (known tags: {known}). Use a tag, a path to a local checkpoint, or 'none'."
+        )
+    try:
+        path = download_pretrained(cfg, cache_dir=cache_dir or None)
+    except Exception as e:  # noqa: BLE001 - every download failure means the same to the user
+        path, err = None, e
+    else:
+        err = None
+    if not path or not os.path.isfile(path):
+        source = cfg.get("hf_hub") or cfg.get("url")
+        raise CLIPWeightsUnavailable(
+            f"open_clip weights {name}/{tag} are not cached and cannot be downloaded here ({err}). "
+            f"On a machine with internet, get them (open_clip.create_model({name!r}, "
+            f"pretrained={tag!r}) caches them; source: {source}), copy the file over and set "
+            f"MODEL.CLIP.PRETRAINED /path/to/that/file (open_clip or OpenAI layout)."
+        )
+    return path, bool(cfg.get("quick_gelu", False))
+
+
+def _interpolate_pos_embed(pos: torch.Tensor, grid: Sequence[int], new_grid: Sequence[int]) -> torch.Tensor:
+    """(1 + g*g, C) absolute position embedding -> (1 + h*w, C) by bicubic interpolation."""
+    if tuple(grid) == tuple(new_grid):
+        return pos
+    cls_pos, patch_pos = pos[:1], pos[1:]
+    c = patch_pos.shape[-1]
+    patch_pos = patch_pos.reshape(1, grid[0], grid[1], c).permute(0, 3, 1, 2)
+    patch_pos = F.interpolate(patch_pos, size=tuple(new_grid), mode="bicubic", align_corners=False)
+    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(-1, c)
+    return torch.cat([cls_pos, patch_pos], dim=0)
+
+
+class CLIPWrapper(nn.Module):
+    """An open_clip CLIP model with dense features.
+
+    Args:
+        name: open_clip model name (``ViT-B-16``, ``convnext_base_w_320``, ...).
+        pretrained: an open_clip tag, a local checkpoint path, or ``"none"`` (random weights;
+            the network is never touched).
+        quick_gelu: build with QuickGELU (forced for OpenAI weights).
+        cache_dir: open_clip download cache.
+
+    Attributes:
+        kind: ``"vit"`` or ``"convnext"``.
+        embed_dim: dimension D of the joint image-text space.
+        stage_dims: channels of the dense features (ConvNeXt: res2..res5; ViT: [width]).
+        pixel_mean, pixel_std: CLIP's normalisation in 0..255 units (lists of 3).
+    """
+
+    def __init__(self, name: str, pretrained: str = "none", quick_gelu: bool = False,
+                 cache_dir: Optional[str] = None):
+        super().__init__()
+        import open_clip
+
+        if name not in open_clip.list_models():
+            raise ValueError(
+                f"MODEL.CLIP.NAME={name!r} is not an open_clip model. Known: see open_clip.list_models()."
+            )
+        pretrained = str(pretrained)
+        state_dict, path = None, None
+        if pretrained.lower() not in NO_WEIGHTS:
+            if os.path.isfile(os.path.expanduser(pretrained)):
+                path = os.path.expanduser(pretrained)
+            elif os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+                raise FileNotFoundError(
+                    f"MODEL.CLIP.PRETRAINED={pretrained!r}: no such file. Give the path of a local "
+                    "CLIP checkpoint (open_clip or OpenAI layout), an open_clip tag, or 'none'."
+                )
+            else:
+                path, tag_quick_gelu = _resolve_tag(name, pretrained, cache_dir)
+                quick_gelu = quick_gelu or tag_quick_gelu
+            state_dict, layout = read_clip_checkpoint(path)
+            quick_gelu = quick_gelu or layout == "openai"
+        self.model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
+        if state_dict is not None:
+            load_clip_state_dict(self.model, state_dict, path)
+            logger.info(f"Loaded CLIP {name} weights from {path}")
+        else:
+            logger.info(f"CLIP {name} built with random weights (MODEL.CLIP.PRETRAINED=none)")
+        self.model.float()
+        self.name, self.pretrained, self.quick_gelu = name, pretrained, quick_gelu
+        self.tokenizer = open_clip.get_tokenizer(name)
+
+        visual = self.model.visual
+        pre = getattr(visual, "preprocess_cfg", None) or {}
+        mean = pre.get("mean", (0.48145466, 0.4578275, 0.40821073))
+        std = pre.get("std", (0.26862954, 0.26130258, 0.27577711))
+        self.pixel_mean = [255.0 * m for m in mean]
+        self.pixel_std = [255.0 * s for s in std]
+        self.embed_dim = int(self.model.text_projection.shape[-1]) if hasattr(self.model, "text_projection") \
+            and self.model.text_projection is not None else int(self.model.visual.output_dim)
+
+        from open_clip.transformer import VisionTransformer
+
+        if isinstance(visual, VisionTransformer):
+            self.kind = "vit"
+            self.patch_size = visual.patch_size[0]
+            self.stage_dims = [visual.conv1.out_channels]
+            self.strides = [self.patch_size]
+        elif hasattr(visual, "trunk") and hasattr(visual.trunk, "stages") and hasattr(visual.trunk, "stem"):
+            self.kind = "convnext"
+            info = visual.trunk.feature_info[-len(visual.trunk.stages):]
+            self.stage_dims = [int(f["num_chs"]) for f in info]
+            self.strides = [int(f["reduction"]) for f in info]
+        else:
+            raise NotImplementedError(
+                f"Dense features are implemented for open_clip ViTs and timm ConvNeXts; {name} is "
+                f"{type(visual).__name__}."
+            )
+        self.text_forward_count = 0  # text-encoder forwards, for tests and benchmarks
+        self._fingerprint_cache = (None, None)
+
+    @classmethod
+    def from_config(cls, cfg) -> "CLIPWrapper":
+        clip = cls(cfg.MODEL.CLIP.NAME, cfg.MODEL.CLIP.PRETRAINED, cfg.MODEL.CLIP.QUICK_GELU,
+                   cfg.MODEL.CLIP.CACHE_DIR or None)
+        clip.set_trainable(image=not cfg.MODEL.CLIP.FREEZE_IMAGE, text=not cfg.MODEL.CLIP.FREEZE_TEXT)
+        return clip
+
+    # ---- parameters ----------------------------------------------------------------------------
+    def image_parameters(self):
+        return [p for n, p in self.model.named_parameters() if n.startswith("visual.")]
+
+    def text_named_tensors(self):
+        """Every parameter and buffer of the text side (all but ``visual.*`` and ``logit_*``)."""
+        named = list(self.model.named_parameters()) + list(self.model.named_buffers())
+        return [(n, t) for n, t in named if not n.startswith(("visual.", "logit_"))]
+
+    def set_trainable(self, image: bool, text: bool) -> None:
+        for n, p in self.model.named_parameters():
+            if n.startswith("visual."):
+                p.requires_grad_(image)
+            else:
+                p.requires_grad_(text and not n.startswith("logit_"))
+
+    def text_fingerprint(self) -> str:
+        """A hash of the text tower's weights. Recomputed only when a weight was modified in
+        place (loading a checkpoint, an optimizer step), which torch's version counters reveal."""
+        named = self.text_named_tensors()
+        versions = tuple((n, t.data_ptr(), t._version) for n, t in named)
+        if self._fingerprint_cache[0] != versions:
+            h = hashlib.sha1()
+            for n, t in sorted(named, key=lambda x: x[0]):
+                h.update(n.encode())
+                h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+            self._fingerprint_cache = (versions, h.hexdigest())
+        return self._fingerprint_cache[1]
+
+    # ---- text ----------------------------------------------------------------------------------
+    def tokenize(self, texts: List[str]) -> torch.Tensor:
+        return self.tokenizer(texts)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(M, L) token ids -> (M, D) text embeddings (not normalised)."""
+        self.text_forward_count += 1
+        return self.model.encode_text(tokens.to(self.model.logit_scale.device))
+
+    # ---- images --------------------------------------------------------------------------------
+    def forward_features(self, images: torch.Tensor, last_block: bool = True) -> Dict[str, torch.Tensor]:
+        """Dense visual features of normalised images (B, 3, H, W).
+
+        Returns:
+            ConvNeXt: ``res2``..``res5``: (B, C_i, H/s, W/s) for strides s = 4, 8, 16, 32.
+            ViT: ``pre_last``: (B, 1 + hw, C) the input of the last block (for value-path dense
+            embeddings), ``grid``: (h, w) = (H/p, W/p); and unless ``last_block`` is False,
+            ``res4``: (B, C, h, w) patch tokens after the last block and ``cls``: (B, C) the class
+            token after it.
+        """
+        if self.kind == "convnext":
+            trunk = self.model.visual.trunk
+            x = trunk.stem(images)
+            out = {}
+            for i, stage in enumerate(trunk.stages):
+                x = stage(x)
+                out[f"res{i + 2}"] = x
+            return out
+        return self._vit_features(images, last_block)
+
+    def _vit_features(self, images: torch.Tensor, last_block: bool = True) -> Dict[str, torch.Tensor]:
+        visual = self.model.visual
+        b, _, h, w = images.shape
+        p = self.patch_size
+        if h % p or w % p:
+            raise ValueError(f"Image size {h}x{w} is not a multiple of the patch size {p}.")
+        x = visual.conv1(images)  # (B, C, h, w)
+        gh, gw = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).expand(b, 1, -1)
+        x = torch.cat([cls, x], dim=1)
+        pos = _interpolate_pos_embed(visual.positional_embedding, visual.grid_size, (gh, gw))
+        x = visual.ln_pre(x + pos.to(x.dtype))
+        blocks = visual.transformer.resblocks
+        batch_first = getattr(visual.transformer, "batch_first", True)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        for blk in blocks[:-1]:
+            x = blk(x)
+        out = {"pre_last": x if batch_first else x.transpose(0, 1), "grid": (gh, gw)}
+        if last_block:
+            x = blocks[-1](x)
+            if not batch_first:
+                x = x.transpose(0, 1)
+            out["res4"] = x[:, 1:].transpose(1, 2).reshape(b, -1, gh, gw)
+            out["cls"] = x[:, 0]
+        return out
+
+    def value_path_parameters(self) -> List[nn.Parameter]:
+        """ViT parameters the value-path dense embedding never uses (last block's MLP branch)."""
+        if self.kind != "vit":
+            return []
+        blk = self.model.visual.transformer.resblocks[-1]
+        return [p for m in (blk.ln_2, blk.mlp, blk.ls_2) for p in m.parameters()]
+
+    def dense_embedding(self, feats: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-pixel embeddings in the joint space, (B, D, h, w), not normalised.
+
+        ConvNeXt: the CLIP head (LayerNorm + linear projection) applied to every res5 pixel.
+        ViT: MaskCLIP's value path: the last block's value and output projections applied to every
+        token of its input (no query-key attention, no residual, no MLP), then ``ln_post`` and the
+        projection.
+        """
+        if self.kind == "convnext":
+            visual = self.model.visual
+            x = visual.trunk.head.norm(feats["res5"])  # LayerNorm2d over channels
+            x = x.permute(0, 2, 3, 1)
+            x = visual.head(x)
+            return x.permute(0, 3, 1, 2)
+        visual = self.model.visual
+        blk = visual.transformer.resblocks[-1]
+        x = blk.ln_1(feats["pre_last"][:, 1:])
+        width = x.shape[-1]
+        v = F.linear(x, blk.attn.in_proj_weight[2 * width:], blk.attn.in_proj_bias[2 * width:])
+        v = blk.ls_1(blk.attn.out_proj(v))
+        v = visual.ln_post(v)
+        if visual.proj is not None:
+            v = v @ visual.proj
+        gh, gw = feats["grid"]
+        return v.transpose(1, 2).reshape(v.shape[0], -1, gh, gw)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Global image embeddings (B, D) at any input size (position embeddings interpolated)."""
+        if self.kind == "convnext":
+            return self.model.visual(images)
+        visual = self.model.visual
+        feats = self._vit_features(images)
+        x = visual.ln_post(feats["cls"])
+        return x @ visual.proj if visual.proj is not None else x
+
+
+def count_parameters(module: nn.Module) -> Dict[str, int]:
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable}
+
+

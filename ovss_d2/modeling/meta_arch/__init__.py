@@ -1,0 +1,4 @@
+from .base import OpenVocabSegmentor
+from .clip_baseline import CLIPDenseBaseline
+
+__all__ = ["OpenVocabSegmentor", "CLIPDenseBaseline"]

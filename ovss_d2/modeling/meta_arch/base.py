@@ -1,0 +1,121 @@
+"""What every open-vocabulary segmentor shares: its CLIP, its vocabulary and the vocabulary's text
+embeddings, image normalisation and padding, and resizing outputs to the input size."""
+import math
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from detectron2.data import MetadataCatalog
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import ImageList
+
+from ..clip import CLIPWrapper, TextEmbeddingCache, default_cache_dir, resolve_templates, validate_vocabulary
+
+
+def dataset_class_names(dataset_name: str) -> List[str]:
+    meta = MetadataCatalog.get(dataset_name)
+    names = getattr(meta, "stuff_classes", None)
+    if not names:
+        raise ValueError(
+            f"Dataset {dataset_name!r} has no 'stuff_classes' in its metadata: register it with "
+            "its class names (ovss_d2.data.register_sem_seg_dataset)."
+        )
+    return list(names)
+
+
+class OpenVocabSegmentor(nn.Module):
+    """Base of the meta-architectures.
+
+    The vocabulary used in training is the first training dataset's ``stuff_classes``; at test
+    time it is whatever :meth:`set_vocabulary` was given last (the trainer sets each test dataset's
+    names; the demo sets the user's). Text embeddings come from the shared
+    :class:`TextEmbeddingCache` and are never recomputed for a vocabulary already seen.
+
+    Inputs follow detectron2: a list of dicts with ``image`` (3, H, W) uint8 RGB, optional
+    ``sem_seg`` (H, W) int64 targets, and ``height``/``width`` of the requested output.
+    Outputs: a list of dicts with ``sem_seg`` (N, height, width) class probabilities.
+    """
+
+    def __init__(self, *, clip: CLIPWrapper, templates: Sequence[str],
+                 train_class_names: Optional[Sequence[str]], test_class_names: Optional[Sequence[str]] = None,
+                 text_cache_dir: Optional[str] = None, text_batch_size: int = 256,
+                 size_divisibility: int = 32, ignore_value: int = 255):
+        super().__init__()
+        self.clip = clip
+        self.templates = list(templates)
+        self.text_cache = TextEmbeddingCache(clip, text_cache_dir, text_batch_size)
+        self.train_class_names = list(train_class_names) if train_class_names else None
+        self._vocabulary = list(test_class_names) if test_class_names else None
+        max_stride = max(clip.strides)
+        self.size_divisibility = size_divisibility * max_stride // math.gcd(size_divisibility, max_stride) \
+            if size_divisibility > 0 else max_stride
+        self.ignore_value = ignore_value
+        self.register_buffer("pixel_mean", torch.tensor(clip.pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(clip.pixel_std).view(-1, 1, 1), False)
+        self._device_embeddings = (None, None)
+
+    @staticmethod
+    def base_config(cfg) -> Dict:
+        """Constructor arguments common to all meta-architectures, from a config."""
+        cache_dir = cfg.MODEL.TEXT.CACHE_DIR or default_cache_dir()
+        return {
+            "clip": CLIPWrapper.from_config(cfg),
+            "templates": resolve_templates(cfg.MODEL.TEXT.TEMPLATES, cfg.MODEL.TEXT.CUSTOM_TEMPLATES),
+            "train_class_names": dataset_class_names(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None,
+            "test_class_names": dataset_class_names(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None,
+            "text_cache_dir": cache_dir,
+            "text_batch_size": cfg.MODEL.TEXT.BATCH_SIZE,
+            "size_divisibility": cfg.MODEL.SIZE_DIVISIBILITY,
+            "ignore_value": cfg.MODEL.SEM_SEG_IGNORE_VALUE,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ---- vocabulary ----------------------------------------------------------------------------
+    def set_vocabulary(self, class_names: Sequence[str]) -> None:
+        """Class names used at inference from now on (synonyms separated by ", ")."""
+        self._vocabulary = validate_vocabulary(class_names)
+
+    @property
+    def vocabulary(self) -> List[str]:
+        names = self.train_class_names if self.training else (self._vocabulary or self.train_class_names)
+        if not names:
+            raise ValueError(
+                "No vocabulary: call model.set_vocabulary([...]) or configure DATASETS.TRAIN/TEST "
+                "with registered datasets that have stuff_classes."
+            )
+        return names
+
+    def class_embeddings(self, class_names: Optional[Sequence[str]] = None) -> torch.Tensor:
+        """(N, P, D) normalised text embeddings of the vocabulary on the model's device."""
+        emb = self.text_cache(class_names or self.vocabulary, self.templates)
+        if self._device_embeddings[0] is not emb or self._device_embeddings[1].device != self.device:
+            self._device_embeddings = (emb, emb.to(self.device))
+        return self._device_embeddings[1]
+
+    # ---- images --------------------------------------------------------------------------------
+    def preprocess_images(self, batched_inputs: List[Dict]) -> ImageList:
+        """Normalised images padded to ``size_divisibility``: ImageList of (B, 3, Hp, Wp)."""
+        images = [(x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        return ImageList.from_tensors(images, self.size_divisibility)
+
+    def sem_seg_targets(self, batched_inputs: List[Dict], images: ImageList) -> torch.Tensor:
+        """(B, Hp, Wp) int64 targets padded with the ignore value."""
+        targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
+        return ImageList.from_tensors(targets, self.size_divisibility, pad_value=self.ignore_value).tensor.long()
+
+    def postprocess(self, probs: torch.Tensor, images: ImageList, batched_inputs: List[Dict]) -> List[Dict]:
+        """(B, N, Hp, Wp) scores at the padded input size -> per image (N, height, width)."""
+        results = []
+        for prob, image_size, x in zip(probs, images.image_sizes, batched_inputs):
+            height = x.get("height", image_size[0])
+            width = x.get("width", image_size[1])
+            results.append({"sem_seg": sem_seg_postprocess(prob, image_size, height, width)})
+        return results
+
+    @staticmethod
+    def upsample_to(logits: torch.Tensor, images: ImageList) -> torch.Tensor:
+        return F.interpolate(logits, size=images.tensor.shape[-2:], mode="bilinear", align_corners=False)

@@ -1,0 +1,115 @@
+import os
+
+import pytest
+import torch
+from detectron2.engine import HookBase
+from detectron2.utils.env import seed_all_rng
+
+from helpers import register_tiny_splits, tiny_cfg, train_args, train_worker
+from ovss_d2.engine import OVSSTrainer, build_optimizer, check_datasets, launch
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("tiny_data"))
+    register_tiny_splits(root)
+    return root
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _assert_same_model(a, b, atol):
+    ma, mb = a["model"], b["model"]
+    assert ma.keys() == mb.keys()
+    for k in ma:
+        assert torch.allclose(ma[k].float(), mb[k].float(), atol=atol), k
+
+
+def test_optimizer_groups_and_clip_factor(data_root, tmp_path):
+    cfg = tiny_cfg(str(tmp_path))
+    cfg.SOLVER.CLIP_LR_MULTIPLIER = 0.01
+    cfg.MODEL.CLIP_BASELINE.LEARN_LOGIT_SCALE = True
+    model = OVSSTrainer.build_model(cfg)
+    opt = build_optimizer(cfg, model)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    wd_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    base = cfg.SOLVER.BASE_LR
+    assert lr_of[id(model.log_logit_scale)] == pytest.approx(base)
+    unused = {id(p) for p in model.clip.value_path_parameters()}
+    assert unused
+    for n, p in model.clip.model.named_parameters():
+        if n.startswith("visual.") and id(p) not in unused:
+            assert lr_of[id(p)] == pytest.approx(base * 0.01), n
+        else:  # frozen text tower: not optimised at all
+            assert id(p) not in lr_of and not p.requires_grad, n
+    assert wd_of[id(model.clip.model.visual.ln_post.weight)] == cfg.SOLVER.WEIGHT_DECAY_NORM
+    assert wd_of[id(model.clip.model.visual.positional_embedding)] == cfg.SOLVER.WEIGHT_DECAY_EMBED
+    assert wd_of[id(model.clip.model.visual.conv1.weight)] == cfg.SOLVER.WEIGHT_DECAY
+
+
+def test_training_free_model_refuses_to_train(data_root, tmp_path):
+    cfg = tiny_cfg(str(tmp_path))
+    cfg.MODEL.CLIP.FREEZE_IMAGE = True
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        build_optimizer(cfg, OVSSTrainer.build_model(cfg))
+
+
+def test_unregistered_dataset_is_a_clear_error(tmp_path):
+    cfg = tiny_cfg(str(tmp_path), test="no_such_dataset")
+    with pytest.raises(KeyError, match="no_such_dataset.*not registered"):
+        check_datasets(cfg, "my_config.yaml")
+
+
+class _Crash(HookBase):
+    """Simulates a run killed right after iteration ``at`` (and its checkpoint)."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def after_step(self):
+        if self.trainer.iter == self.at:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_resume_continues_exactly(data_root, tmp_path):
+    full, parts = str(tmp_path / "full"), str(tmp_path / "parts")
+    train_worker(data_root, train_args(full, iters=6))
+    # the interrupted run: same config, killed after iteration 3 (checkpoint period 3)
+    cfg = tiny_cfg(parts, iters=6)
+    seed_all_rng(cfg.SEED)  # as train_net's default_setup does before building the model
+    trainer = OVSSTrainer(cfg)
+    trainer.register_hooks([_Crash(at=2)])
+    trainer.resume_or_load(resume=False)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert os.path.isfile(os.path.join(parts, "model_0000002.pth"))
+    train_worker(data_root, train_args(parts, iters=6, resume=True))
+    a = _weights(os.path.join(full, "model_final.pth"))
+    b = _weights(os.path.join(parts, "model_final.pth"))
+    assert a["iteration"] == b["iteration"] == 5
+    _assert_same_model(a, b, atol=1e-6)
+    # the optimizer and scheduler states travel with the checkpoint
+    opt_a, opt_b = a["trainer"]["_trainer"]["optimizer"], b["trainer"]["_trainer"]["optimizer"]
+    assert opt_a["state"] and opt_a["state"].keys() == opt_b["state"].keys()
+    for k in opt_a["state"]:
+        assert torch.allclose(opt_a["state"][k]["exp_avg_sq"], opt_b["state"][k]["exp_avg_sq"], atol=1e-9)
+    assert a["trainer"]["hooks"]["LRScheduler"] == b["trainer"]["hooks"]["LRScheduler"]
+
+
+def test_two_cpu_processes_equal_one(data_root, tmp_path):
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    # SGD: the update is linear in the gradient, so float noise in the all-reduce stays noise
+    # (Adam normalises near-zero gradients and would amplify it)
+    sgd = ("SOLVER.OPTIMIZER", "SGD", "SOLVER.BASE_LR", "0.1")
+    train_worker(data_root, train_args(one, iters=3, batch=2, extra=sgd))
+    launch(train_worker, 2, dist_url="auto",
+           args=(data_root, train_args(two, iters=3, batch=2, num_gpus=2, extra=sgd)))
+    a = _weights(os.path.join(one, "model_final.pth"))
+    b = _weights(os.path.join(two, "model_final.pth"))
+    assert a["iteration"] == b["iteration"] == 2
+    _assert_same_model(a, b, atol=1e-5)
+    # and training changed the weights
+    init = OVSSTrainer.build_model(tiny_cfg(str(tmp_path / "x"))).state_dict()
+    assert any(not torch.allclose(init[k].float(), a["model"][k].float()) for k in init if k in a["model"])

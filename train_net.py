@@ -1,0 +1,39 @@
+#!/usr/bin/env python
+"""Train or evaluate an ovss-d2 model.
+
+    python train_net.py --config-file configs/<method>/<config>.yaml [--num-gpus N] [KEY VALUE ...]
+    python train_net.py --config-file ... --eval-only MODEL.WEIGHTS /path/to/model.pth
+    python train_net.py --config-file ... --resume          # continue from OUTPUT_DIR/last_checkpoint
+
+Without GPUs, --num-gpus N runs N CPU processes (gloo).
+"""
+import ovss_d2  # noqa: F401  (compat shims + registration; must precede detectron2 imports)
+from detectron2.engine import default_argument_parser
+from detectron2.utils import comm
+
+from ovss_d2.checkpoint import OVSSCheckpointer
+from ovss_d2.engine import OVSSTrainer, create_ddp_model, launch, setup
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = OVSSTrainer.build_model(cfg)
+        OVSSCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        model = create_ddp_model(model)
+        results = OVSSTrainer.test(cfg, model)
+        if comm.is_main_process():
+            from detectron2.evaluation import verify_results
+
+            verify_results(cfg, results)
+        return results
+    trainer = OVSSTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
