@@ -4,7 +4,7 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint clean
+.PHONY: setup test quickstart lint clean
 
 setup: $(VENV)/.setup-done
 
@@ -13,6 +13,9 @@ $(VENV)/.setup-done: requirements.txt setup.py tools/install_env.sh tools/detect
 
 test: setup
 	$(VPY) -m pytest tests $(PYTEST_ARGS)
+
+quickstart: setup
+	$(VPY) tools/quickstart.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -113,3 +113,38 @@ def test_two_cpu_processes_equal_one(data_root, tmp_path):
     # and training changed the weights
     init = OVSSTrainer.build_model(tiny_cfg(str(tmp_path / "x"))).state_dict()
     assert any(not torch.allclose(init[k].float(), a["model"][k].float()) for k in init if k in a["model"])
+
+
+def test_bf16_autocast_on_cpu_trains(data_root, tmp_path):
+    out = str(tmp_path / "amp")
+    train_worker(data_root, train_args(out, iters=2, extra=("SOLVER.AMP.ENABLED", "True",
+                                                            "SOLVER.AMP.DTYPE", "bfloat16")))
+    final = _weights(os.path.join(out, "model_final.pth"))["model"]
+    assert all(torch.isfinite(v.float()).all() for v in final.values())
+
+
+def test_fp16_autocast_on_cpu_is_a_clear_error(data_root, tmp_path):
+    cfg = tiny_cfg(str(tmp_path))
+    cfg.SOLVER.AMP.ENABLED = True
+    with pytest.raises(ValueError, match="bfloat16"):
+        OVSSTrainer(cfg)
+
+
+def test_full_model_gradient_clipping(data_root, tmp_path):
+    cfg = tiny_cfg(str(tmp_path))
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "full_model"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.5
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    cfg.SOLVER.MOMENTUM = 0.0
+    cfg.SOLVER.WEIGHT_DECAY = cfg.SOLVER.WEIGHT_DECAY_NORM = cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    cfg.SOLVER.BASE_LR = cfg.SOLVER.CLIP_LR_MULTIPLIER = 1.0
+    model = OVSSTrainer.build_model(cfg)
+    opt = build_optimizer(cfg, model)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    before = [p.detach().clone() for p in params]
+    for p in params:
+        p.grad = torch.full_like(p, 3.0)
+    opt.step()
+    step = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, params)])
+    assert step.norm().item() == pytest.approx(0.5, rel=1e-4)  # SGD step = clipped gradient

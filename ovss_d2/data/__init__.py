@@ -1,4 +1,4 @@
-from . import datasets  # noqa: F401
+from . import datasets, toyworld  # noqa: F401  (registers the built-in datasets)
 from .build import SeededTrainingSampler, build_test_loader, build_train_loader
 from .dataset_mapper import SemSegDatasetMapper
 from .datasets import register_sem_seg_dataset

@@ -6,6 +6,8 @@ import os as _os
 
 import open_clip as _open_clip
 
+from . import tiny_models  # noqa: F401  (registers convnext_ovss_tiny in timm)
+
 _open_clip.add_model_config(_os.path.join(_os.path.dirname(__file__), "model_configs"))
 
 from .templates import IMAGENET_80, TEMPLATE_SETS, resolve_templates

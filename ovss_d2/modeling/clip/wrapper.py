@@ -49,6 +49,20 @@ def _resolve_tag(name: str, tag: str, cache_dir: Optional[str]):
     return path, bool(cfg.get("quick_gelu", False))
 
 
+def _toyworld_checkpoint(name: str) -> str:
+    """``MODEL.CLIP.PRETRAINED toyworld``: the tiny CLIP trained on ToyWorld by
+    ``tools/train_tiny_clip.py`` (or ``make quickstart``), from the cache."""
+    from ...data.toyworld.tiny_clip import default_checkpoint_path
+
+    path = default_checkpoint_path(name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"MODEL.CLIP.PRETRAINED=toyworld: no ToyWorld-trained {name} at {path}. Train it with "
+            f"`python tools/train_tiny_clip.py --model {name}` (or `make quickstart`), or pass a file."
+        )
+    return path
+
+
 def _interpolate_pos_embed(pos: torch.Tensor, grid: Sequence[int], new_grid: Sequence[int]) -> torch.Tensor:
     """(1 + g*g, C) absolute position embedding -> (1 + h*w, C) by bicubic interpolation."""
     if tuple(grid) == tuple(new_grid):
@@ -90,6 +104,8 @@ class CLIPWrapper(nn.Module):
         pretrained = str(pretrained)
         state_dict, path = None, None
         if pretrained.lower() not in NO_WEIGHTS:
+            if pretrained == "toyworld":
+                pretrained = _toyworld_checkpoint(name)
             if os.path.isfile(os.path.expanduser(pretrained)):
                 path = os.path.expanduser(pretrained)
             elif os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):

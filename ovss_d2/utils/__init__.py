@@ -1,0 +1,3 @@
+from .visualize import class_palette, draw_overlay
+
+__all__ = ["class_palette", "draw_overlay"]
