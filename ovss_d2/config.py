@@ -41,6 +41,20 @@ def add_ovss_config(cfg: CN) -> None:
 
     # DDP: set True for models with parameters that some steps do not use.
     cfg.MODEL.FIND_UNUSED_PARAMETERS = False
+    # ---- SED ----------------------------------------------------------------------------------
+    cfg.MODEL.SED = CN()
+    # Every image is resized to this size before the encoder (official: 768 x 768).
+    cfg.MODEL.SED.CLIP_RESOLUTION = (768, 768)
+    cfg.MODEL.SED.HIDDEN_DIM = 128
+    cfg.MODEL.SED.DECODER_DIMS = [64, 32, 16]
+    cfg.MODEL.SED.GUIDANCE_PROJ_DIMS = [32, 16, 8]
+    cfg.MODEL.SED.KERNEL_SIZES = [9, 9, 9]
+    cfg.MODEL.SED.NUM_HEADS = 4
+    cfg.MODEL.SED.POOLING_SIZE = (2, 2)
+    # Category early rejection at inference: each layer passes on the union of every pixel's
+    # top-k classes (paper: k = 8). 0 disables it.
+    cfg.MODEL.SED.EARLY_REJECTION_TOPK = 8
+
     # Ignore label of the ground truth (255 by convention).
     cfg.MODEL.SEM_SEG_IGNORE_VALUE = 255
     # Images are padded to a multiple of this (the backbone's largest stride).
@@ -51,7 +65,10 @@ def add_ovss_config(cfg: CN) -> None:
     cfg.INPUT.FORMAT = "RGB"
     # Training crops that keep no single category above this fraction of the crop (1.0 = off).
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    # SSD-style photometric distortion (brightness, contrast, saturation, hue) in training.
     cfg.INPUT.COLOR_AUG_SSD = False
+    # The mapper pads training images (value 128) and labels (ignore) to a multiple of this.
+    cfg.INPUT.SIZE_DIVISIBILITY = -1
 
     # ---- Solver -------------------------------------------------------------------------------
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # or "SGD"

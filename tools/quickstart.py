@@ -20,8 +20,7 @@ import ovss_d2  # noqa: E402,F401
 from tqdm import tqdm  # noqa: E402
 
 # The best trained method the project has; each method issue moves this forward.
-METHOD = {"name": "CLIP dense baseline (training-free)", "config": "configs/toy/clip_baseline_toy.yaml",
-          "train": False}
+METHOD = {"name": "SED (tiny, trained on ToyWorld)", "config": "configs/toy/sed_toy.yaml", "train": True}
 
 
 def run_train_net(config: str, output_dir: str, train: bool, log_path: str) -> dict:

@@ -8,6 +8,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import transforms as T
 
+from .augmentations import RandomPhotometricDistortion
 from .io import read_image_rgb, read_label
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,8 @@ def build_sem_seg_augmentations(cfg, is_train: bool) -> List[T.Augmentation]:
         augs.append(T.RandomCrop_CategoryAreaConstraint(
             cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE, cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
             cfg.MODEL.SEM_SEG_IGNORE_VALUE))
+    if cfg.INPUT.COLOR_AUG_SSD:
+        augs.append(RandomPhotometricDistortion())
     if cfg.INPUT.RANDOM_FLIP != "none":
         augs.append(T.RandomFlip(horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
                                  vertical=cfg.INPUT.RANDOM_FLIP == "vertical"))
@@ -29,21 +32,25 @@ def build_sem_seg_augmentations(cfg, is_train: bool) -> List[T.Augmentation]:
 
 
 class SemSegDatasetMapper:
-    """Reads an image (and its label map in training), applies the augmentations, and returns
-    ``image`` (3, H, W) uint8 RGB, ``sem_seg`` (H, W) int64 (training), ``height``, ``width``.
-    Label maps of any bit depth are kept exact (16-bit for > 255 classes)."""
+    """Reads an image (and its label map in training), applies the augmentations (resize, crop
+    with a per-category area limit, photometric distortion, flip), pads training samples to
+    ``size_divisibility`` (image 128, label ignore) and returns ``image`` (3, H, W) uint8 RGB,
+    ``sem_seg`` (H, W) int64 (training), ``height``, ``width``. Label maps of any bit depth are kept
+    exact (16-bit for > 255 classes). Shared by every method trained on masks."""
 
     @configurable
-    def __init__(self, is_train: bool, *, augmentations: List[T.Augmentation], ignore_value: int = 255):
+    def __init__(self, is_train: bool, *, augmentations: List[T.Augmentation], ignore_value: int = 255,
+                 size_divisibility: int = -1):
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.ignore_value = ignore_value
+        self.size_divisibility = size_divisibility
         logger.info(f"[SemSegDatasetMapper] {'train' if is_train else 'test'} augmentations: {augmentations}")
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> Dict:
         return {"is_train": is_train, "augmentations": build_sem_seg_augmentations(cfg, is_train),
-                "ignore_value": cfg.MODEL.SEM_SEG_IGNORE_VALUE}
+                "ignore_value": cfg.MODEL.SEM_SEG_IGNORE_VALUE, "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY}
 
     def __call__(self, dataset_dict: Dict) -> Optional[Dict]:
         d = copy.deepcopy(dataset_dict)
@@ -62,7 +69,15 @@ class SemSegDatasetMapper:
         d.setdefault("width", image.shape[1])
         aug_input = T.AugInput(image, sem_seg=sem_seg)
         self.augmentations(aug_input)
-        d["image"] = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        image = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
         if sem_seg is not None:
-            d["sem_seg"] = torch.as_tensor(aug_input.sem_seg.astype(np.int64))
+            sem_seg = torch.as_tensor(aug_input.sem_seg.astype(np.int64))
+            if self.size_divisibility > 0:
+                h, w = image.shape[-2:]
+                pad_h = (-h) % self.size_divisibility
+                pad_w = (-w) % self.size_divisibility
+                image = torch.nn.functional.pad(image, (0, pad_w, 0, pad_h), value=128)
+                sem_seg = torch.nn.functional.pad(sem_seg, (0, pad_w, 0, pad_h), value=self.ignore_value)
+            d["sem_seg"] = sem_seg
+        d["image"] = image
         return d

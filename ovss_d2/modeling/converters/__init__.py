@@ -1,0 +1,6 @@
+"""Converters from the official checkpoint layouts of the methods to ovss-d2's, registered with
+the checkpointer (``ovss_d2.checkpoint``) so released weights load as they are."""
+from .common import UnmappedKeyError, rename_keys
+from .sed import convert_sed_official, is_sed_official
+
+__all__ = ["UnmappedKeyError", "rename_keys", "convert_sed_official", "is_sed_official"]

@@ -1,0 +1,46 @@
+"""Class rejection shared by SED (early rejection) and ERR-Seg: choose a subset of classes,
+run the rest of the decoder on it only, and fill the dropped classes' logits.
+
+All operations are vectorised over the batch, classes and pixels."""
+from typing import Sequence
+
+import torch
+
+REJECTED_LOGIT = -1e4  # large negative, finite in fp16 too
+
+
+def topk_union(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (sorted) of the classes that are among the top-``k`` of at least one pixel.
+
+    scores: (B, N, H, W) per-class scores; the union is over all pixels of all images of the
+    batch (one class set per batch, so tensors stay rectangular). Returns (K,) int64."""
+    n = scores.shape[1]
+    if k >= n:
+        return torch.arange(n, device=scores.device)
+    top = scores.topk(k, dim=1).indices  # (B, k, H, W)
+    hit = torch.zeros(n, dtype=torch.bool, device=scores.device)
+    hit[top.reshape(-1)] = True
+    return hit.nonzero(as_tuple=False).squeeze(1)
+
+
+def apply_class_selection(x: torch.Tensor, num_classes: int, keep: torch.Tensor) -> torch.Tensor:
+    """(B*N, ...) -> (B*K, ...): the rows of the kept classes of every image."""
+    b = x.shape[0] // num_classes
+    return x.view(b, num_classes, *x.shape[1:])[:, keep].reshape(b * keep.numel(), *x.shape[1:])
+
+
+def fill_rejected(logits: torch.Tensor, keep: torch.Tensor, num_classes: int,
+                  value: float = REJECTED_LOGIT) -> torch.Tensor:
+    """(B, K, H, W) logits of the kept classes -> (B, N, H, W), ``value`` for the others."""
+    b, _, h, w = logits.shape
+    out = logits.new_full((b, num_classes, h, w), value)
+    out[:, keep] = logits
+    return out
+
+
+def compose_indices(indices: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Successive selections (each indexing the previous subset) -> indices into the full set."""
+    out = indices[0]
+    for idx in indices[1:]:
+        out = out[idx]
+    return out

@@ -1,0 +1,3 @@
+from .sed_decoder import SEDDecoder
+
+__all__ = ["SEDDecoder"]

@@ -1,0 +1,204 @@
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import REPO, register_tiny_splits, train_args, train_worker
+from ovss_d2.checkpoint import OVSSCheckpointer
+from ovss_d2.engine import OVSSTrainer, build_optimizer, load_config
+from ovss_d2.modeling.converters import UnmappedKeyError, convert_sed_official
+from ovss_d2.modeling.cost_aggregation import REJECTED_LOGIT, topk_union
+from ovss_d2.modeling.losses import one_hot_bce_with_logits
+
+MANIFESTS = os.path.join(REPO, "..", "shared", "reference")
+
+
+def sed_cfg(name="convnext_base_w_320", extra=()):
+    return load_config(os.path.join(REPO, "configs", "sed", "sed_convnext_b_768.yaml"),
+                       ["MODEL.CLIP.NAME", name, "MODEL.CLIP.PRETRAINED", "none", "MODEL.DEVICE", "cpu",
+                        "DATASETS.TRAIN", "()", "DATASETS.TEST", "()", *extra])
+
+
+def tiny_sed_cfg(tmp_path, extra=()):
+    return load_config(os.path.join(REPO, "configs", "toy", "sed_toy.yaml"), [
+        "MODEL.CLIP.PRETRAINED", "none", "DATASETS.TRAIN", "('tiny_train',)", "DATASETS.TEST", "('tiny_val',)",
+        "MODEL.SED.CLIP_RESOLUTION", "(64, 64)", "OUTPUT_DIR", str(tmp_path), *extra])
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("sed_data"))
+    register_tiny_splits(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def sed_b():
+    return OVSSTrainer.build_model(sed_cfg())
+
+
+def _counts(model):
+    return (sum(p.numel() for p in model.parameters()),
+            sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+
+def test_convnext_b_parameter_counts_are_official(sed_b):
+    assert _counts(sed_b) == (180_761_741, 89_598_220)
+
+
+def test_convnext_l_parameter_counts_are_official():
+    cfg = load_config(os.path.join(REPO, "configs", "sed", "sed_convnext_l_768.yaml"),
+                      ["MODEL.CLIP.PRETRAINED", "none", "MODEL.DEVICE", "cpu", "DATASETS.TRAIN", "()",
+                       "DATASETS.TEST", "()"])
+    model = OVSSTrainer.build_model(cfg)
+    assert _counts(model) == (353_245_773, 201_243_980)
+
+
+def _official_random_state_dict(manifest: str):
+    with open(os.path.join(MANIFESTS, manifest)) as f:
+        shapes = json.load(f)
+    g = torch.Generator().manual_seed(0)
+    return {k: torch.randn(v, generator=g) if v else torch.randn((), generator=g) for k, v in shapes.items()}
+
+
+def test_official_layout_converts_and_loads_strictly(sed_b, tmp_path):
+    official = _official_random_state_dict("sed_convnext_base.json")
+    converted = convert_sed_official(official)
+    sed_b.load_state_dict(converted, strict=True)
+    # spot checks of the mapping
+    assert torch.equal(sed_b.decoder.cost_embed.conv.weight, official["sem_seg_head.predictor.transformer.conv1.weight"])
+    assert torch.equal(sed_b.decoder.layers[2].class_attn.q.weight,
+                       official["sem_seg_head.predictor.transformer.decoder3.attention.attention.q.weight"])
+    assert torch.equal(sed_b.decoder.aux_heads[1].bias, official["sem_seg_head.predictor.transformer.head1.bias"])
+    # and the checkpointer converts by itself when it sees that layout
+    path = str(tmp_path / "sed_official.pth")
+    torch.save({"model": official}, path)
+    torch.nn.init.zeros_(sed_b.decoder.head.weight)
+    OVSSCheckpointer(sed_b).load(path)
+    assert torch.equal(sed_b.decoder.head.weight, official["sem_seg_head.predictor.transformer.head.weight"])
+
+
+def test_unknown_official_key_is_an_error_naming_it():
+    official = {"sem_seg_head.predictor.transformer.decoder1.cnext.gamma": torch.zeros(3),
+                "sem_seg_head.predictor.transformer.mystery.weight": torch.zeros(3)}
+    with pytest.raises(UnmappedKeyError, match="transformer.mystery.weight"):
+        convert_sed_official(official)
+
+
+def test_topk_union_matches_a_loop():
+    torch.manual_seed(0)
+    scores = torch.randn(2, 30, 5, 7)
+    for k in (1, 3, 8):
+        expected = set()
+        for b in range(2):
+            for y in range(5):
+                for x in range(7):
+                    expected |= set(scores[b, :, y, x].argsort(descending=True)[:k].tolist())
+        assert topk_union(scores, k).tolist() == sorted(expected)
+    assert topk_union(scores, 30).tolist() == list(range(30))
+
+
+def test_bce_equals_explicit_one_hot():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 6, 7)
+    targets = torch.randint(0, 5, (2, 6, 7))
+    targets[0, :2] = 255
+    onehot = torch.zeros_like(logits)
+    valid = targets != 255
+    onehot.permute(0, 2, 3, 1)[valid] = F.one_hot(targets[valid], 5).float()
+    expected = F.binary_cross_entropy_with_logits(logits, onehot)
+    assert torch.allclose(one_hot_bce_with_logits(logits, targets), expected, atol=1e-6)
+
+
+@pytest.fixture()
+def tiny_sed(data_root, tmp_path):
+    torch.manual_seed(0)
+    model = OVSSTrainer.build_model(tiny_sed_cfg(tmp_path)).eval()
+    return model
+
+
+def _image(h=37, w=53):
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 255, (3, h, w), dtype=torch.uint8, generator=g)
+
+
+def test_early_rejection_with_large_k_is_exact_and_small_k_rejects(tiny_sed):
+    names = [f"class {i}" for i in range(12)]
+    tiny_sed.set_vocabulary(names)
+    inputs = [{"image": _image(), "height": 37, "width": 53}]
+    with torch.no_grad():
+        tiny_sed.early_rejection_topk = 0
+        plain = tiny_sed(inputs)[0]["sem_seg"]
+        tiny_sed.early_rejection_topk = 12
+        same = tiny_sed(inputs)[0]["sem_seg"]
+        assert torch.equal(plain, same)
+        tiny_sed.early_rejection_topk = 1
+        x = tiny_sed._resize(((inputs[0]["image"].float() - tiny_sed.pixel_mean) / tiny_sed.pixel_std)[None])
+        out = tiny_sed.predict(x)
+    kept = out["kept"]
+    assert 0 < kept.numel() < 12
+    rejected = [i for i in range(12) if i not in kept.tolist()]
+    assert (out["logits"][:, rejected] == REJECTED_LOGIT).all()
+    assert (out["logits"][:, kept] > REJECTED_LOGIT).all()
+
+
+def test_odd_sized_image_gives_map_at_original_size(tiny_sed):
+    tiny_sed.set_vocabulary(["cat", "dog, puppy", "grass"])
+    with torch.no_grad():
+        out = tiny_sed([{"image": _image(), "height": 37, "width": 53}])[0]["sem_seg"]
+    assert out.shape == (3, 37, 53) and (out >= 0).all() and (out <= 1).all()
+
+
+def test_no_gradient_from_skip_fusion_into_encoder(tiny_sed):
+    """Gradients of the final logits reach the encoder through the cost map only: the res2-res4
+    features handed to the skip-layer fusion get none."""
+    tiny_sed.train()
+    x = torch.randn(1, 3, 64, 64)
+    real = tiny_sed.clip.forward_features(x)
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in real.items()}
+    tiny_sed.clip.forward_features = lambda images: leaves
+    out = tiny_sed.predict(x)
+    grads = torch.autograd.grad(out["logits"].sum(), [leaves[k] for k in ("res2", "res3", "res4", "res5")],
+                                allow_unused=True)
+    assert all(g is None or not g.any() for g in grads[:3])
+    assert grads[3] is not None and grads[3].abs().sum() > 0
+
+
+def test_auxiliary_heads_do_not_train_the_decoder(tiny_sed):
+    tiny_sed.train()
+    out = tiny_sed.predict(torch.randn(1, 3, 64, 64))
+    sum(a.sum() for a in out["aux"]).backward()
+    dec = tiny_sed.decoder
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in dec.aux_heads.parameters())
+    others = [p for n, p in dec.named_parameters() if not n.startswith("aux_heads")]
+    assert all(p.grad is None or not p.grad.any() for p in others)
+    assert all(p.grad is None or not p.grad.any() for p in tiny_sed.clip.parameters())
+
+
+def test_parameter_groups(sed_b):
+    cfg = sed_cfg()
+    opt = build_optimizer(cfg, sed_b)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    base = cfg.SOLVER.BASE_LR
+    for n, p in sed_b.clip.model.named_parameters():
+        if n.startswith("visual."):
+            assert lr_of[id(p)] == pytest.approx(base * 0.01), n
+        else:
+            assert id(p) not in lr_of and not p.requires_grad, n  # text encoder frozen
+    assert all(lr_of[id(p)] == pytest.approx(base) for p in sed_b.decoder.parameters())
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == 89_598_220
+
+
+def test_tiny_sed_trains_through_train_net(data_root, tmp_path):
+    out = str(tmp_path / "sed_run")
+    cfg_file = os.path.join(REPO, "configs", "toy", "sed_toy.yaml")
+    args = train_args(out, iters=2, extra=("MODEL.META_ARCHITECTURE", "SED", "MODEL.SED.CLIP_RESOLUTION", "(64, 64)",
+                                           "MODEL.CLIP.NAME", "ovss-tiny-convnext", "MODEL.SED.HIDDEN_DIM", "32",
+                                           "MODEL.SED.DECODER_DIMS", "[16, 16, 16]",
+                                           "MODEL.SED.GUIDANCE_PROJ_DIMS", "[8, 8, 8]"))
+    args.config_file = cfg_file
+    train_worker(data_root, args)
+    ckpt = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)
+    assert ckpt["iteration"] == 1 and all(torch.isfinite(v.float()).all() for v in ckpt["model"].values())
