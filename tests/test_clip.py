@@ -104,6 +104,15 @@ def test_uncached_tag_fails_fast_and_says_how_to_pass_a_file(tmp_path, no_networ
     assert time.time() - start < 60
 
 
+def test_cached_tag_files_are_found_without_network(tmp_path, no_network):
+    from ovss_d2.modeling.clip.wrapper import _cached_tag_file
+
+    cfg = {"url": "https://example.invalid/abc/ViT-B-16.pt", "hf_hub": ""}
+    assert _cached_tag_file(cfg, str(tmp_path)) is None
+    (tmp_path / "ViT-B-16.pt").write_bytes(b"x")
+    assert _cached_tag_file(cfg, str(tmp_path)) == str(tmp_path / "ViT-B-16.pt")
+
+
 def test_vit_dense_features_any_size():
     clip = CLIPWrapper("ovss-tiny-vit", "none").eval()
     x = torch.randn(2, 3, 40, 72)  # not the 64x64 training size: position embeddings interpolated

@@ -68,7 +68,8 @@ def test_official_layout_converts_and_loads_strictly(sed_b, tmp_path):
     converted = convert_sed_official(official)
     sed_b.load_state_dict(converted, strict=True)
     # spot checks of the mapping
-    assert torch.equal(sed_b.decoder.cost_embed.conv.weight, official["sem_seg_head.predictor.transformer.conv1.weight"])
+    t = "sem_seg_head.predictor.transformer."
+    assert torch.equal(sed_b.decoder.cost_embed.conv.weight, official[t + "conv1.weight"])
     assert torch.equal(sed_b.decoder.layers[2].class_attn.q.weight,
                        official["sem_seg_head.predictor.transformer.decoder3.attention.attention.q.weight"])
     assert torch.equal(sed_b.decoder.aux_heads[1].bias, official["sem_seg_head.predictor.transformer.head1.bias"])

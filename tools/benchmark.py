@@ -7,8 +7,9 @@
 Random CLIP weights (MODEL.CLIP.PRETRAINED none) unless --opts say otherwise; the vocabulary is
 N synthetic class names whose text embeddings are computed before timing (the cache makes that a
 one-off; ``--random-text`` skips the text encoder and uses random unit embeddings instead, for
-CPU runs with 80 templates where encoding thousands of prompts would dominate). For every setting: warm-up runs, then the median and p90 of the end-to-end latency,
-with the encoder's and the decoder's share (models with ``predict``), and the peak memory.
+CPU runs with 80 templates where encoding thousands of prompts would dominate). For every
+setting: warm-up runs, then the median and p90 of the end-to-end latency, with the encoder's
+and the decoder's share (models with ``predict``), and the peak memory.
 Writes a Markdown table and JSON.
 """
 import argparse
@@ -102,8 +103,10 @@ def main():
                 total = [a + b for a, b in zip(enc, dec)]
                 row = {
                     "classes": n, "topk": k, "runs": args.runs,
-                    "total_ms_median": 1000 * statistics.median(total), "total_ms_p90": 1000 * _percentile(total, 0.9),
-                    "encoder_ms_median": 1000 * statistics.median(enc), "decoder_ms_median": 1000 * statistics.median(dec),
+                    "total_ms_median": 1000 * statistics.median(total),
+                    "total_ms_p90": 1000 * _percentile(total, 0.9),
+                    "encoder_ms_median": 1000 * statistics.median(enc),
+                    "decoder_ms_median": 1000 * statistics.median(dec),
                     "peak_mem_gib": (torch.cuda.max_memory_allocated() if device.type == "cuda" else
                                      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30,
                 }

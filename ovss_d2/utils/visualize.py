@@ -21,18 +21,20 @@ def class_fractions(label: np.ndarray, class_names: Sequence[str]) -> Dict[str, 
 
 
 def draw_overlay(image: np.ndarray, label: np.ndarray, class_names: Sequence[str], alpha: float = 0.55,
-                 palette: np.ndarray = None) -> np.ndarray:
+                 palette: np.ndarray = None, fixed_size: bool = False) -> np.ndarray:
     """(H, W, 3) uint8 RGB image + (H, W) class ids -> RGB overlay with a legend panel on the right
-    listing the classes present (largest first) with their pixel share."""
+    listing the classes present (largest first) with their pixel share. ``fixed_size``: size the
+    panel for the whole vocabulary, so every frame of a video gets the same canvas size."""
     palette = class_palette(len(class_names)) if palette is None else palette
     blend = (image.astype(np.float32) * (1 - alpha) + palette[label].astype(np.float32) * alpha).astype(np.uint8)
     present: List = list(class_fractions(label, class_names).items())
     h = blend.shape[0]
     scale = max(0.35, min(1.0, h / 600))
     row = int(22 * scale) + 4
+    listed = [(n, 1.0) for n in class_names] if fixed_size else present
     width = int(max([cv2.getTextSize(f"{n} {f:.0%}", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
-                     for n, f in present] + [40])) + row + 12
-    panel = np.full((max(h, row * len(present) + 8), width, 3), 255, np.uint8)
+                     for n, f in listed] + [40])) + row + 12
+    panel = np.full((max(h, row * len(listed) + 8), width, 3), 255, np.uint8)
     for i, (name, frac) in enumerate(present):
         y = 4 + i * row
         color = tuple(int(c) for c in palette[list(class_names).index(name)])

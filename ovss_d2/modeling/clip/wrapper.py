@@ -20,8 +20,46 @@ class CLIPWeightsUnavailable(RuntimeError):
     """An open_clip pretrained tag whose weights are neither cached nor downloadable."""
 
 
+def _cached_tag_file(cfg: Dict, cache_dir: Optional[str]) -> Optional[str]:
+    """The local file of an open_clip tag if a previous download left it in a cache."""
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover
+            try_to_load_from_cache = None
+        if try_to_load_from_cache is not None:
+            repo_id, filename = os.path.split(hub)  # "org/repo/" -> the repo's default file names
+            names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+            for name in names:
+                hit = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir or None)
+                if isinstance(hit, str) and os.path.isfile(hit):
+                    return hit
+    url = cfg.get("url", "")
+    if url:
+        path = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(url))
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(url).hostname
+    if not host:
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _resolve_tag(name: str, tag: str, cache_dir: Optional[str]):
-    """Path of the cached (or freshly downloaded) file of an open_clip pretrained tag."""
+    """Path of the cached (or freshly downloaded) file of an open_clip pretrained tag. Offline and
+    not cached, it fails at once (no download retries) saying how to pass a local file."""
     import open_clip
     from open_clip.pretrained import download_pretrained
 
@@ -32,21 +70,26 @@ def _resolve_tag(name: str, tag: str, cache_dir: Optional[str]):
             f"MODEL.CLIP.PRETRAINED={tag!r} is neither an existing file nor an open_clip tag of "
             f"{name!r} (known tags: {known}). Use a tag, a path to a local checkpoint, or 'none'."
         )
-    try:
-        path = download_pretrained(cfg, cache_dir=cache_dir or None)
-    except Exception as e:  # noqa: BLE001 - every download failure means the same to the user
-        path, err = None, e
-    else:
-        err = None
+    quick_gelu = bool(cfg.get("quick_gelu", False))
+    path = _cached_tag_file(cfg, cache_dir)
+    if path:
+        return path, quick_gelu
+    source = ("https://huggingface.co/" + cfg["hf_hub"]) if cfg.get("hf_hub") else cfg.get("url", "")
+    err = "no network access to " + source
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    if not offline and _reachable(source):
+        try:
+            path = download_pretrained(cfg, cache_dir=cache_dir or None)
+        except Exception as e:  # noqa: BLE001 - every download failure means the same to the user
+            err = str(e)
     if not path or not os.path.isfile(path):
-        source = cfg.get("hf_hub") or cfg.get("url")
         raise CLIPWeightsUnavailable(
             f"open_clip weights {name}/{tag} are not cached and cannot be downloaded here ({err}). "
             f"On a machine with internet, get them (open_clip.create_model({name!r}, "
             f"pretrained={tag!r}) caches them; source: {source}), copy the file over and set "
             f"MODEL.CLIP.PRETRAINED /path/to/that/file (open_clip or OpenAI layout)."
         )
-    return path, bool(cfg.get("quick_gelu", False))
+    return path, quick_gelu
 
 
 def _toyworld_checkpoint(name: str) -> str:

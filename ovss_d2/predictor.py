@@ -1,0 +1,159 @@
+"""A Python API for inference with any vocabulary, usable without train_net.py.
+
+    from ovss_d2.predictor import Predictor
+    predictor = Predictor("configs/toy/sed_toy.yaml", "output/toy/sed/model_final.pth")
+    result = predictor.predict("photo.jpg", ["cat", "dog", "grass"])
+    result.label        # (H, W) int64 class ids at the image's size
+    result.scores       # (N, h, w) float32 class scores at the working resolution
+    result.fractions()  # {"grass": 0.61, "cat": 0.22, ...}
+
+Large images never exhaust memory: the image is processed at a working resolution (long side at
+most ``max_size``), either whole (``mode="resize"``) or in overlapping windows (``mode="slide"``),
+and the label map is brought back to full size by upsampling the scores a few classes at a time.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import OVSSCheckpointer
+from .data.io import read_image_rgb
+from .modeling.clip import resolve_templates, validate_vocabulary
+from .utils.visualize import class_fractions
+
+ImageLike = Union[str, np.ndarray]
+
+
+@dataclass
+class Prediction:
+    label: np.ndarray  # (H, W) int64
+    scores: torch.Tensor  # (N, h, w) float32 at the working resolution
+    class_names: List[str] = field(default_factory=list)
+
+    def fractions(self) -> Dict[str, float]:
+        return class_fractions(self.label, self.class_names)
+
+
+def upsample_argmax(scores: torch.Tensor, size, classes_per_chunk: int = 8) -> torch.Tensor:
+    """argmax over classes of the bilinearly upsampled (N, h, w) scores at ``size`` (H, W),
+    computed a few classes at a time: memory O(chunk * H * W), not O(N * H * W)."""
+    best = best_idx = None
+    for start in range(0, scores.shape[0], classes_per_chunk):
+        up = F.interpolate(scores[None, start:start + classes_per_chunk], size=size, mode="bilinear",
+                           align_corners=False)[0]
+        val, idx = up.max(dim=0)
+        idx += start
+        if best is None:
+            best, best_idx = val, idx
+        else:
+            better = val > best
+            best = torch.where(better, val, best)
+            best_idx = torch.where(better, idx, best_idx)
+    return best_idx
+
+
+class Predictor:
+    """Build a model from a config (+ weights) and segment images with any vocabulary.
+
+    Args:
+        config: a config file path or a detectron2 CfgNode (with ovss-d2 keys).
+        weights: a checkpoint (ours or an official layout); "" keeps the config's CLIP weights.
+        opts: config overrides ``[KEY, VALUE, ...]``.
+        device: "cpu", "cuda", ... (default: the config's, falling back to the CPU).
+        templates: a built-in template set name or a list of templates (default: the config's).
+        mode: "resize" (whole image at the working resolution) or "slide" (windows of ``window``
+            pixels with 1/3 overlap, plus the whole image, averaged).
+        max_size: long side of the working resolution.
+    """
+
+    def __init__(self, config, weights: str = "", opts: Sequence[str] = (), device: Optional[str] = None,
+                 templates=None, mode: str = "resize", max_size: int = 1024, window: int = 512):
+        from .engine import OVSSTrainer, load_config
+
+        cfg = load_config(config, list(opts)) if isinstance(config, str) else config.clone()
+        cfg.defrost()
+        if device:
+            cfg.MODEL.DEVICE = device
+        cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (), ()
+        if mode not in ("resize", "slide"):
+            raise ValueError(f"mode must be 'resize' or 'slide', got {mode!r}")
+        self.cfg, self.mode, self.max_size, self.window = cfg, mode, max_size, window
+        self.model = OVSSTrainer.build_model(cfg).eval()
+        if weights:
+            OVSSCheckpointer(self.model).load(weights)
+        if templates is not None:
+            self.model.templates = (resolve_templates(templates) if isinstance(templates, str)
+                                    else resolve_templates("", list(templates)))
+        self.class_names: List[str] = []
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def set_vocabulary(self, class_names: Sequence[str]) -> None:
+        self.class_names = validate_vocabulary(class_names)
+        self.model.set_vocabulary(self.class_names)
+        self.model.class_embeddings()  # embed now (once; cached for every later image)
+
+    def _working_image(self, image: np.ndarray) -> torch.Tensor:
+        h, w = image.shape[:2]
+        scale = min(1.0, self.max_size / max(h, w))
+        t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if scale < 1.0:
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            t = F.interpolate(t[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+            t = t.round().clamp(0, 255).to(torch.uint8)
+        return t
+
+    @torch.no_grad()
+    def _run(self, images: List[torch.Tensor]) -> List[torch.Tensor]:
+        inputs = [{"image": im.to(self.device), "height": im.shape[-2], "width": im.shape[-1]} for im in images]
+        return [o["sem_seg"].float().cpu() for o in self.model(inputs)]
+
+    def _slide(self, image: torch.Tensor) -> torch.Tensor:
+        h, w = image.shape[-2:]
+        win = min(self.window, h, w)
+        stride = max(1, math.ceil(win * 2 / 3))
+        ys = list(range(0, max(h - win, 0) + 1, stride))
+        xs = list(range(0, max(w - win, 0) + 1, stride))
+        ys[-1], xs[-1] = h - win, w - win
+        acc = count = None
+        for y in ys:
+            for x in xs:
+                s = self._run([image[:, y:y + win, x:x + win]])[0]
+                if acc is None:
+                    acc = torch.zeros(s.shape[0], h, w)
+                    count = torch.zeros(1, h, w)
+                acc[:, y:y + win, x:x + win] += s
+                count[:, y:y + win, x:x + win] += 1
+        return (acc / count + self._run([image])[0]) / 2
+
+    def predict_batch(self, images: Sequence[ImageLike],
+                      vocabulary: Optional[Sequence[str]] = None) -> List[Prediction]:
+        """Segment several images (paths or RGB arrays) in one model call."""
+        if vocabulary is not None and list(vocabulary) != self.class_names:
+            self.set_vocabulary(vocabulary)
+        if not self.class_names:
+            raise ValueError("No vocabulary: pass one to predict() or call set_vocabulary().")
+        arrays = [read_image_rgb(im) if isinstance(im, str) else _as_rgb(im) for im in images]
+        work = [self._working_image(a) for a in arrays]
+        scores = [self._slide(t) for t in work] if self.mode == "slide" else self._run(work)
+        return [Prediction(upsample_argmax(s, a.shape[:2]).numpy().astype(np.int64), s, list(self.class_names))
+                for s, a in zip(scores, arrays)]
+
+    def predict(self, image: ImageLike, vocabulary: Optional[Sequence[str]] = None) -> Prediction:
+        """Segment one image (a path or an (H, W, 3) uint8 RGB array)."""
+        return self.predict_batch([image], vocabulary)[0]
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"Expected an (H, W, 3) RGB image, got shape {image.shape}.")
+    if image.dtype != np.uint8:
+        raise ValueError(f"Expected a uint8 image, got {image.dtype}.")
+    return np.ascontiguousarray(image[..., :3])
