@@ -60,7 +60,8 @@ class Predictor:
 
     Args:
         config: a config file path or a detectron2 CfgNode (with ovss-d2 keys).
-        weights: a checkpoint (ours or an official layout); "" keeps the config's CLIP weights.
+        weights: a checkpoint (ours or an official layout); "" uses the config's MODEL.WEIGHTS, or
+            only the CLIP weights of MODEL.CLIP.PRETRAINED when that is empty too.
         opts: config overrides ``[KEY, VALUE, ...]``.
         device: "cpu", "cuda", ... (default: the config's, falling back to the CPU).
         templates: a built-in template set name or a list of templates (default: the config's).
@@ -82,6 +83,7 @@ class Predictor:
             raise ValueError(f"mode must be 'resize' or 'slide', got {mode!r}")
         self.cfg, self.mode, self.max_size, self.window = cfg, mode, max_size, window
         self.model = OVSSTrainer.build_model(cfg).eval()
+        weights = weights or cfg.MODEL.WEIGHTS
         if weights:
             OVSSCheckpointer(self.model).load(weights)
         if templates is not None:

@@ -105,7 +105,8 @@ def build_train_loader(cfg, mapper: Callable[[Dict], Dict], start_iter: int = 0,
     if total % world_size:
         raise ValueError(f"SOLVER.IMS_PER_BATCH={total} is not divisible by the {world_size} processes.")
     dicts = dataset_dicts if dataset_dicts is not None else get_dataset_dicts(cfg.DATASETS.TRAIN)
-    seed = cfg.SEED if cfg.SEED >= 0 else int(np.random.randint(2**31 - 1))
+    # every rank must draw the same global stream: a random seed is agreed on across ranks
+    seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
     sampler = SeededTrainingSampler(len(dicts), seed, start=start_iter * total)
     batch_sampler = BatchSampler(sampler, total // world_size, drop_last=True)
     return DataLoader(SeededMapDataset(dicts, mapper), batch_sampler=batch_sampler,
