@@ -16,8 +16,8 @@ from .generator import IMAGE_SIZE, default_root, generate, read_annotations
 from .vocabulary import ALL_CLASSES, SEEN_CLASSES, UNSEEN_CLASSES
 
 
-def _records(root: str, split: str) -> List[Dict]:
-    root = generate(root)
+def _records(root: Optional[str], split: str) -> List[Dict]:
+    root = generate(root or default_root())  # the cache is resolved when the data is first read
     out = []
     for i, r in enumerate(read_annotations(root, split)):
         out.append({
@@ -30,8 +30,7 @@ def _records(root: str, split: str) -> List[Dict]:
 
 def register_toyworld(root: Optional[str] = None, prefix: str = "toyworld") -> None:
     """Register the four ToyWorld datasets under ``prefix`` for the data at ``root``
-    (default: the cache, ``$OVSS_D2_CACHE/toyworld``)."""
-    root = root or default_root()
+    (default: the cache, ``$OVSS_D2_CACHE/toyworld``, looked up when the data is first read)."""
     splits = {
         f"{prefix}_train": ("train", SEEN_CLASSES, ()),
         f"{prefix}_val": ("val", ALL_CLASSES, UNSEEN_CLASSES),
@@ -40,7 +39,7 @@ def register_toyworld(root: Optional[str] = None, prefix: str = "toyworld") -> N
         DatasetCatalog.register(name, lambda split=split: _records(root, split))
         MetadataCatalog.get(name).set(
             stuff_classes=list(classes), unseen_classes=list(unseen), ignore_label=255,
-            evaluator_type="sem_seg", toyworld_root=root,
+            evaluator_type="sem_seg",
         )
     DatasetCatalog.register(f"{prefix}_captions_train", lambda: [
         {"file_name": r["file_name"], "caption": r["caption"], "image_id": r["image_id"]}
@@ -48,7 +47,7 @@ def register_toyworld(root: Optional[str] = None, prefix: str = "toyworld") -> N
     DatasetCatalog.register(f"{prefix}_unlabeled_train", lambda: [
         {"file_name": r["file_name"], "image_id": r["image_id"]} for r in _records(root, "train")])
     for name in (f"{prefix}_captions_train", f"{prefix}_unlabeled_train"):
-        MetadataCatalog.get(name).set(evaluator_type="none", toyworld_root=root)
+        MetadataCatalog.get(name).set(evaluator_type="none")
 
 
 if "toyworld_train" not in DatasetCatalog.list():
