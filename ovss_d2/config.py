@@ -32,6 +32,9 @@ def add_ovss_config(cfg: CN) -> None:
     cfg.MODEL.TEXT.CACHE_DIR = ""
     # Prompts per text-encoder forward.
     cfg.MODEL.TEXT.BATCH_SIZE = 256
+    # Class names with synonyms ("person, people"): "average" the synonyms' embeddings, or use
+    # the "first" synonym only (what ERR-Seg's official code does).
+    cfg.MODEL.TEXT.SYNONYMS = "average"
 
     # ---- Training-free CLIP dense baseline (MaskCLIP-style) ----------------------------------
     cfg.MODEL.CLIP_BASELINE = CN()
@@ -54,6 +57,27 @@ def add_ovss_config(cfg: CN) -> None:
     # Category early rejection at inference: each layer passes on the union of every pixel's
     # top-k classes (paper: k = 8). 0 disables it.
     cfg.MODEL.SED.EARLY_REJECTION_TOPK = 8
+
+    # ---- ERR-Seg ------------------------------------------------------------------------------
+    cfg.MODEL.ERR_SEG = CN()
+    # Images are resized to these sizes for training and inference (B: 640/640, L: 640/768).
+    cfg.MODEL.ERR_SEG.CLIP_RESOLUTION = (640, 640)
+    cfg.MODEL.ERR_SEG.TEST_RESOLUTION = (640, 640)
+    # CRM: classes kept per image in training (GT always kept) and at inference (per benchmark:
+    # 32 A-150, 48 A-847 / PC-459, 24 PC-59, 16 PAS-20); 0 keeps every class.
+    cfg.MODEL.ERR_SEG.CRM_TRAIN = 32
+    cfg.MODEL.ERR_SEG.CRM_TEST = 32
+    cfg.MODEL.ERR_SEG.COST_DIM = 256
+    cfg.MODEL.ERR_SEG.FUSION_DIM = 128
+    cfg.MODEL.ERR_SEG.NUM_LAYERS = 4
+    cfg.MODEL.ERR_SEG.SR_RATIOS = [2, 2, 2, 2]
+    cfg.MODEL.ERR_SEG.NUM_HEADS = 4
+    cfg.MODEL.ERR_SEG.DECODER_DIMS = [64, 32, 16]
+    cfg.MODEL.ERR_SEG.GUIDANCE_PROJ_DIMS = [32, 16, 8]
+    # Which CLIP weights train: "weight" (the authors' selection: layer scales and the weights of
+    # the MLPs and depth-wise convs of the image tower; attention in-projections and first MLP
+    # layers of the text transformer) or "full".
+    cfg.MODEL.ERR_SEG.CLIP_FINETUNE = "weight"
 
     # Ignore label of the ground truth (255 by convention).
     cfg.MODEL.SEM_SEG_IGNORE_VALUE = 255

@@ -21,6 +21,18 @@ TINY_CLASSES = ["red square", "green field", "blue sky"]
 COLORS = [(220, 30, 30), (30, 200, 40), (40, 60, 230)]
 
 
+def shared_reference(name: str) -> str:
+    """A file of ../shared/reference (the official checkpoint manifests): the tests that read it
+    say so. CI has shared/ beside the clone; $OVSS_D2_SHARED points elsewhere."""
+    import pytest
+
+    for root in (os.environ.get("OVSS_D2_SHARED", ""), os.path.join(REPO, "..", "shared")):
+        path = os.path.join(root, "reference", name)
+        if root and os.path.isfile(path):
+            return path
+    pytest.skip(f"../shared/reference/{name} not found (set OVSS_D2_SHARED to the shared folder)")
+
+
 def make_tiny_dataset(root: str, n: int = 8, size=(48, 64), seed: int = 0, ignore_border: bool = True):
     """n images: a blue-sky top, a green-field bottom and a red square, labels 0..2, and (optional)
     a 2-pixel ignore border. Returns (image_dir, gt_dir)."""

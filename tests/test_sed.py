@@ -5,15 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import REPO, register_tiny_splits, train_args, train_worker
+from helpers import REPO, register_tiny_splits, shared_reference, train_args, train_worker
 from ovss_d2.checkpoint import OVSSCheckpointer
 from ovss_d2.engine import OVSSTrainer, build_optimizer, load_config
 from ovss_d2.modeling.converters import UnmappedKeyError, convert_sed_official
 from ovss_d2.modeling.cost_aggregation import REJECTED_LOGIT, topk_union
 from ovss_d2.modeling.losses import one_hot_bce_with_logits
-
-MANIFESTS = os.path.join(REPO, "..", "shared", "reference")
-
 
 def sed_cfg(name="convnext_base_w_320", extra=()):
     return load_config(os.path.join(REPO, "configs", "sed", "sed_convnext_b_768.yaml"),
@@ -57,7 +54,7 @@ def test_convnext_l_parameter_counts_are_official():
 
 
 def _official_random_state_dict(manifest: str):
-    with open(os.path.join(MANIFESTS, manifest)) as f:
+    with open(shared_reference(manifest)) as f:  # reads ../shared/reference
         shapes = json.load(f)
     g = torch.Generator().manual_seed(0)
     return {k: torch.randn(v, generator=g) if v else torch.randn((), generator=g) for k, v in shapes.items()}

@@ -54,16 +54,19 @@ class TextEmbeddingCache:
         batch_size: prompts per text-encoder forward.
     """
 
-    def __init__(self, clip, cache_dir: Optional[str] = None, batch_size: int = 256):
+    def __init__(self, clip, cache_dir: Optional[str] = None, batch_size: int = 256, synonyms: str = "average"):
+        if synonyms not in ("average", "first"):
+            raise ValueError(f"MODEL.TEXT.SYNONYMS must be 'average' or 'first', got {synonyms!r}")
         self.clip = clip
         self.cache_dir = None if cache_dir in (None, "none", "None") else cache_dir
         self.batch_size = batch_size
+        self.synonyms = synonyms
         self._memory: Dict[str, torch.Tensor] = {}
 
     def key(self, class_names: Sequence[str], templates: Sequence[str]) -> str:
         payload = json.dumps(
             {"model": self.clip.name, "weights": self.clip.text_fingerprint(),
-             "templates": list(templates), "classes": list(class_names)},
+             "templates": list(templates), "classes": list(class_names), "synonyms": self.synonyms},
             ensure_ascii=False,
         )
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
@@ -91,21 +94,29 @@ class TextEmbeddingCache:
 
     @torch.no_grad()
     def compute(self, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-        """Run the text encoder: (N, P, D), synonyms averaged, normalised."""
+        """Run the text encoder (no gradient): (N, P, D) on the CPU, normalised."""
+        was_training = self.clip.training
+        self.clip.eval()
+        try:
+            return self.encode(class_names, templates, progress=True).float().cpu()
+        finally:
+            self.clip.train(was_training)
+
+    def encode(self, class_names: Sequence[str], templates: Sequence[str], progress: bool = False) -> torch.Tensor:
+        """Differentiable text embeddings (for a text encoder being trained): (N, P, D) on the
+        model's device, synonyms averaged (or the first synonym only), normalised; no cache."""
         prompts = []
         synonyms = [split_synonyms(c) for c in class_names]
+        if self.synonyms == "first":
+            synonyms = [s[:1] for s in synonyms]
         for syns in synonyms:
             for s in syns:
                 prompts.extend(t.format(s) for t in templates)
         chunks = range(0, len(prompts), self.batch_size)
-        show = len(chunks) > 1
-        was_training = self.clip.training
-        self.clip.eval()
         outs = []
-        for start in tqdm(chunks, desc="text embeddings", disable=not show, unit="batch"):
+        for start in tqdm(chunks, desc="text embeddings", disable=not (progress and len(chunks) > 1), unit="batch"):
             tokens = self.clip.tokenize(prompts[start:start + self.batch_size])
-            outs.append(F.normalize(self.clip.encode_text(tokens).float(), dim=-1).cpu())
-        self.clip.train(was_training)
+            outs.append(F.normalize(self.clip.encode_text(tokens).float(), dim=-1))
         flat = torch.cat(outs)  # (sum_c S_c * P, D)
         p, d = len(templates), flat.shape[-1]
         per_class, i = [], 0

@@ -310,11 +310,7 @@ class CLIPWrapper(nn.Module):
         projection.
         """
         if self.kind == "convnext":
-            visual = self.model.visual
-            x = visual.trunk.head.norm(feats["res5"])  # LayerNorm2d over channels
-            x = x.permute(0, 2, 3, 1)
-            x = visual.head(x)
-            return x.permute(0, 3, 1, 2)
+            return self._convnext_head(feats["res5"])
         visual = self.model.visual
         blk = visual.transformer.resblocks[-1]
         x = blk.ln_1(feats["pre_last"][:, 1:])
@@ -326,6 +322,27 @@ class CLIPWrapper(nn.Module):
             v = v @ visual.proj
         gh, gw = feats["grid"]
         return v.transpose(1, 2).reshape(v.shape[0], -1, gh, gw)
+
+    def _convnext_head(self, x: torch.Tensor) -> torch.Tensor:
+        """The CLIP head (LayerNorm + projection) on every pixel: (B, C5, h, w) -> (B, D, h, w)."""
+        visual = self.model.visual
+        x = visual.trunk.head.norm(visual.trunk.norm_pre(x))
+        return visual.head(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def dense_embedding_stride16(self, feats: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """ERR-Seg's hierarchical semantics: joint-space embeddings at stride 16, (B, D, H/16, W/16).
+
+        res4 goes through the last stage with its down-sampling conv applied at stride 1 (the same
+        weights, the map padded by one pixel and resized back to the res4 grid), then through the
+        CLIP head. ConvNeXt only; adds no parameter."""
+        if self.kind != "convnext":
+            raise NotImplementedError("Stride-16 dense embeddings need a ConvNeXt CLIP.")
+        stage = self.model.visual.trunk.stages[3]
+        norm, conv = stage.downsample[0], stage.downsample[1]
+        res4 = feats["res4"]
+        x = F.conv2d(F.pad(norm(res4), (1, 1, 1, 1)), conv.weight, conv.bias, stride=1)
+        x = F.interpolate(x, size=res4.shape[-2:], mode="bilinear", align_corners=False)
+        return self._convnext_head(stage.blocks(x))
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Global image embeddings (B, D) at any input size (position embeddings interpolated)."""

@@ -44,3 +44,30 @@ def compose_indices(indices: Sequence[torch.Tensor]) -> torch.Tensor:
     for idx in indices[1:]:
         out = out[idx]
     return out
+
+
+CRM_RANK_WEIGHTS = (1.0, 0.1, 0.01)
+
+
+def crm_scores(cost: torch.Tensor) -> torch.Tensor:
+    """ERR-Seg's class score: each pixel's 1st, 2nd and 3rd class (template-averaged cost) get
+    1, 0.1 and 0.01. cost: (B, P, N, H, W) -> (B, N)."""
+    b, _, n, _, _ = cost.shape
+    ranks = min(len(CRM_RANK_WEIGHTS), n)
+    avg = cost[:, 0] if cost.shape[1] == 1 else cost.mean(dim=1)  # single template: no averaging pass
+    top = avg.topk(ranks, dim=1).indices  # (B, r, H, W)
+    weights = torch.tensor(CRM_RANK_WEIGHTS[:ranks], device=cost.device, dtype=torch.float32)
+    src = weights.view(1, ranks, 1, 1).expand(top.shape).reshape(b, -1)
+    return torch.zeros(b, n, device=cost.device).scatter_add_(1, top.reshape(b, -1), src)
+
+
+def crm_select(cost: torch.Tensor, k: int, gt_classes=None) -> torch.Tensor:
+    """Channel reduction (ERR-Seg CRM): the ``k`` highest-scoring classes of every image, sorted;
+    ground-truth classes (a (B, N) boolean mask) always kept. Returns (B, min(k, N)) indices.
+    Vectorised over the batch and classes."""
+    scores = crm_scores(cost)
+    n = scores.shape[1]
+    k = min(k, n)
+    if gt_classes is not None:  # ground truth first: above every CRM score (max 3 * H * W)
+        scores = scores + gt_classes.float() * (scores.sum(dim=1, keepdim=True) + 1)
+    return scores.topk(k, dim=1).indices.sort(dim=1).values

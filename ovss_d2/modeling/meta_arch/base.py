@@ -39,12 +39,12 @@ class OpenVocabSegmentor(nn.Module):
 
     def __init__(self, *, clip: CLIPWrapper, templates: Sequence[str],
                  train_class_names: Optional[Sequence[str]], test_class_names: Optional[Sequence[str]] = None,
-                 text_cache_dir: Optional[str] = None, text_batch_size: int = 256,
+                 text_cache_dir: Optional[str] = None, text_batch_size: int = 256, text_synonyms: str = "average",
                  size_divisibility: int = 32, ignore_value: int = 255):
         super().__init__()
         self.clip = clip
         self.templates = list(templates)
-        self.text_cache = TextEmbeddingCache(clip, text_cache_dir, text_batch_size)
+        self.text_cache = TextEmbeddingCache(clip, text_cache_dir, text_batch_size, text_synonyms)
         self.train_class_names = list(train_class_names) if train_class_names else None
         self._vocabulary = list(test_class_names) if test_class_names else None
         max_stride = max(clip.strides)
@@ -66,6 +66,7 @@ class OpenVocabSegmentor(nn.Module):
             "test_class_names": dataset_class_names(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None,
             "text_cache_dir": cache_dir,
             "text_batch_size": cfg.MODEL.TEXT.BATCH_SIZE,
+            "text_synonyms": cfg.MODEL.TEXT.SYNONYMS,
             "size_divisibility": cfg.MODEL.SIZE_DIVISIBILITY,
             "ignore_value": cfg.MODEL.SEM_SEG_IGNORE_VALUE,
         }
@@ -90,7 +91,11 @@ class OpenVocabSegmentor(nn.Module):
         return names
 
     def class_embeddings(self, class_names: Optional[Sequence[str]] = None) -> torch.Tensor:
-        """(N, P, D) normalised text embeddings of the vocabulary on the model's device."""
+        """(N, P, D) normalised text embeddings of the vocabulary on the model's device. While a
+        text encoder is being trained they are computed with gradients (never cached); otherwise
+        they come from the cache and the text encoder runs once per vocabulary."""
+        if self.training and any(p.requires_grad for _, p in self.clip.text_named_tensors()):
+            return self.text_cache.encode(class_names or self.vocabulary, self.templates)
         emb = self.text_cache(class_names or self.vocabulary, self.templates)
         if self._device_embeddings[0] is not emb or self._device_embeddings[1].device != self.device:
             self._device_embeddings = (emb, emb.to(self.device))
@@ -114,6 +119,37 @@ class OpenVocabSegmentor(nn.Module):
             height = x.get("height", image_size[0])
             width = x.get("width", image_size[1])
             results.append({"sem_seg": sem_seg_postprocess(prob, image_size, height, width)})
+        return results
+
+    def resize_to(self, x: torch.Tensor, size) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == tuple(size):
+            return x
+        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+    def fixed_resolution_losses(self, batched_inputs: List[Dict], resolution, predict) -> Dict:
+        """Training as SED / ERR-Seg do: the padded batch resized to ``resolution``, ``predict``
+        (images, targets) -> list of (B, N, h, w) logits, one-hot BCE against the targets."""
+        from ..losses import one_hot_bce_with_logits
+
+        images = self.preprocess_images(batched_inputs)
+        targets = self.sem_seg_targets(batched_inputs, images)
+        outputs = predict(self.resize_to(images.tensor, resolution), targets)
+        losses = {}
+        for i, logits in enumerate(outputs):
+            logits = F.interpolate(logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False)
+            losses[f"loss_sem_seg_{i}"] = one_hot_bce_with_logits(logits, targets, self.ignore_value)
+        return losses
+
+    def fixed_resolution_inference(self, batched_inputs: List[Dict], resolution, predict) -> List[Dict]:
+        """Every image resized to ``resolution`` on its own (no padding), ``predict`` (images) ->
+        (B, N, h, w) logits, sigmoid, each map resized to its image's requested output size."""
+        images = torch.cat([self.resize_to(((x["image"].to(self.device).float() - self.pixel_mean)
+                                          / self.pixel_std)[None], resolution) for x in batched_inputs])
+        probs = predict(images).float().sigmoid()
+        results = []
+        for prob, x in zip(probs, batched_inputs):
+            size = (x.get("height", x["image"].shape[-2]), x.get("width", x["image"].shape[-1]))
+            results.append({"sem_seg": F.interpolate(prob[None], size=size, mode="bilinear", align_corners=False)[0]})
         return results
 
     @staticmethod

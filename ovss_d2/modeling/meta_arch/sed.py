@@ -8,13 +8,11 @@ code) and the stride-4 output is resized back to each image's size.
 from typing import Dict, List
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from ..cost_map import cost_map
 from ..heads import SEDDecoder
-from ..losses import one_hot_bce_with_logits
 from .base import OpenVocabSegmentor
 
 
@@ -59,26 +57,13 @@ class SED(OpenVocabSegmentor):
         return self.decoder(cost, guidance, topk=self.early_rejection_topk)
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[-2:]) == self.clip_resolution:
-            return x
-        return F.interpolate(x, size=self.clip_resolution, mode="bilinear", align_corners=False)
+        return self.resize_to(x, self.clip_resolution)
 
     def forward(self, batched_inputs: List[Dict]):
         if self.training:
-            images = self.preprocess_images(batched_inputs)
-            out = self.predict(self._resize(images.tensor))
-            targets = self.sem_seg_targets(batched_inputs, images)
-            losses = {}
-            for i, logits in enumerate([out["logits"]] + out["aux"]):
-                logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
-                losses[f"loss_sem_seg_{i}"] = one_hot_bce_with_logits(logits, targets, self.ignore_value)
-            return losses
-        # inference: every image resized to the CLIP resolution on its own (no padding)
-        images = torch.cat([self._resize(((x["image"].to(self.device).float() - self.pixel_mean)
-                                          / self.pixel_std)[None]) for x in batched_inputs])
-        probs = self.predict(images)["logits"].sigmoid()
-        results = []
-        for prob, x in zip(probs, batched_inputs):
-            size = (x.get("height", x["image"].shape[-2]), x.get("width", x["image"].shape[-1]))
-            results.append({"sem_seg": F.interpolate(prob[None], size=size, mode="bilinear", align_corners=False)[0]})
-        return results
+            def predict(images, targets):
+                out = self.predict(images)
+                return [out["logits"]] + out["aux"]
+            return self.fixed_resolution_losses(batched_inputs, self.clip_resolution, predict)
+        return self.fixed_resolution_inference(batched_inputs, self.clip_resolution,
+                                               lambda images: self.predict(images)["logits"])

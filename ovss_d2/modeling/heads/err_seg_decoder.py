@@ -1,0 +1,106 @@
+"""ERR-Seg's decoder: two-scale cost maps merged FPN-style (HSM), channel reduction of the
+vocabulary (CRM), efficient spatial and class fusion (ESCF) and gradual upsampling (GUD)."""
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..cost_aggregation import REJECTED_LOGIT, ClassFusion, CostEmbedding, SpatialFusion, UpBlock, crm_select
+
+
+class ERRSegLayer(nn.Module):
+    """One aggregator layer: spatial fusion, then class fusion."""
+
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int, drop_path: float, pool: Sequence[int]):
+        super().__init__()
+        self.spatial = SpatialFusion(dim, num_heads, sr_ratio, drop_path)
+        self.klass = ClassFusion(dim, num_heads, pool, drop_path)
+
+    def forward(self, x, image_guidance, text_guidance):
+        return self.klass(self.spatial(x, image_guidance), text_guidance)
+
+
+class ERRSegDecoder(nn.Module):
+    """
+    Args:
+        num_templates: P of the cost maps (1 in ERR-Seg).
+        stage_dims: encoder channels of res2..res5 (ConvNeXt-B: 128, 256, 512, 1024).
+        text_dim: CLIP embedding size (640 / 768).
+        cost_dim, fusion_dim: width of the embedded cost maps (256) and of the aggregator (128).
+        num_layers, sr_ratios, num_heads: aggregator depth (4), sequence reduction (2), heads (4).
+        decoder_dims, guidance_proj_dims: GUD widths (64, 32, 16) and guidance widths (32, 16, 8).
+    """
+
+    def __init__(self, num_templates: int, stage_dims: Sequence[int], text_dim: int, cost_dim: int = 256,
+                 fusion_dim: int = 128, num_layers: int = 4, sr_ratios: Sequence[int] = (2, 2, 2, 2),
+                 num_heads: int = 4, decoder_dims: Sequence[int] = (64, 32, 16),
+                 guidance_proj_dims: Sequence[int] = (32, 16, 8), pool: Sequence[int] = (2, 2),
+                 drop_path_step: float = 0.025, guidance_clamp: float = 16.0):
+        super().__init__()
+        self.guidance_clamp = guidance_clamp
+        self.cost_embeds = nn.ModuleList(CostEmbedding(num_templates, cost_dim, 7) for _ in range(2))
+        self.cost_fusion = nn.Conv2d(cost_dim, fusion_dim, 1)
+        res5, res4 = stage_dims[3], stage_dims[2]
+        self.agg_guidance_proj = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(d, cost_dim, 3, padding=1), nn.ReLU6(inplace=True)) for d in (res5, res4))
+        self.agg_guidance_fusion = nn.Conv2d(cost_dim, fusion_dim, 1)
+        self.dec_guidance_proj = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(d, dp, 3, padding=1), nn.ReLU6(inplace=True))
+            for d, dp in zip(stage_dims[:3][::-1], guidance_proj_dims))
+        self.text_guidance_proj = nn.Sequential(nn.Linear(text_dim, fusion_dim), nn.GELU())
+        self.layers = nn.ModuleList(
+            ERRSegLayer(fusion_dim, num_heads, sr_ratios[i], drop_path_step * i, pool) for i in range(num_layers))
+        dims = [fusion_dim] + list(decoder_dims)
+        self.up = nn.ModuleList(UpBlock(dims[i], dims[i + 1], guidance_proj_dims[i], up=i > 0)
+                                for i in range(len(decoder_dims)))
+        self.head = nn.Conv2d(dims[-1], 1, 1)
+
+    def forward(self, costs: List[torch.Tensor], text: torch.Tensor, feats: Dict[str, torch.Tensor],
+                num_kept: Optional[int] = None, gt_classes: Optional[torch.Tensor] = None) -> Dict:
+        """
+        Args:
+            costs: cost maps at strides 16 and 32: [(B, P, N, H/16, W/16), (B, P, N, H/32, W/32)].
+            text: (B or 1, N, P, D) text embeddings (for the text guidance).
+            feats: encoder features res2..res5.
+            num_kept: CRM's N (classes kept per image); None keeps all.
+            gt_classes: (B, N) bool, the classes present in each image's labels (training).
+
+        Returns:
+            ``logits`` (B, N, H/4, W/4), dropped classes at a large negative value; ``kept``
+            (B, K) the kept class indices.
+        """
+        b, _, n = costs[0].shape[:3]
+        c = self.guidance_clamp
+        res5, res4, res3, res2 = (feats[k].clamp(-c, c) for k in ("res5", "res4", "res3", "res2"))
+        if num_kept is not None and num_kept < n:
+            kept = crm_select(costs[0], num_kept, gt_classes)  # (B, K)
+            costs = [cm.gather(2, kept.view(b, 1, -1, 1, 1).expand(-1, cm.shape[1], -1, *cm.shape[-2:]))
+                     for cm in costs]
+            text = text.expand(b, -1, -1, -1).gather(1, kept.view(b, -1, 1, 1).expand(-1, -1, *text.shape[-2:]))
+        else:
+            kept = torch.arange(n, device=costs[0].device).expand(b, n)
+            text = text.expand(b, -1, -1, -1)
+        k = kept.shape[1]
+        # hierarchical semantics: embed both cost maps, merge at stride 16
+        e16, e32 = (embed(cm) for embed, cm in zip(self.cost_embeds, costs))
+        x = self.cost_fusion((e16 + F.interpolate(e32, size=e16.shape[-2:], mode="bilinear",
+                                                   align_corners=False)) / 2)  # (B*K, 128, H/16, W/16)
+        g32, g16 = (proj(f) for proj, f in zip(self.agg_guidance_proj, (res5, res4)))
+        guidance = self.agg_guidance_fusion((g16 + F.interpolate(g32, size=g16.shape[-2:], mode="bilinear",
+                                                                 align_corners=False)) / 2)
+        t = F.normalize(text.mean(dim=2), dim=-1)
+        text_guidance = self.text_guidance_proj(t)  # (B, K, 128)
+        for layer in self.layers:
+            x = layer(x, guidance, text_guidance)
+        # gradual upsampling reads the middle-layer features without sending gradients back
+        dec_guidance = [proj(f.detach()) for proj, f in zip(self.dec_guidance_proj, (res4, res3, res2))]
+        for up, g in zip(self.up, dec_guidance):
+            x = up(x, g)
+        logits = self.head(x).view(b, k, *x.shape[-2:])
+        if k < n:  # scatter back to the full vocabulary, per image
+            full = logits.new_full((b, n, *logits.shape[-2:]), REJECTED_LOGIT)
+            logits = full.scatter(1, kept.view(b, k, 1, 1).expand(-1, -1, *logits.shape[-2:]), logits)
+        return {"logits": logits, "kept": kept}
+
+
