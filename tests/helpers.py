@@ -33,6 +33,23 @@ def shared_reference(name: str) -> str:
     pytest.skip(f"../shared/reference/{name} not found (set OVSS_D2_SHARED to the shared folder)")
 
 
+def param_counts(model):
+    """(total, trainable) parameter counts."""
+    return (sum(p.numel() for p in model.parameters()),
+            sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+
+def random_official_state_dict(manifest: str):
+    """Random tensors with the keys and shapes of an official checkpoint manifest
+    (reads ../shared/reference)."""
+    import torch
+
+    with open(shared_reference(manifest)) as f:
+        shapes = json.load(f)
+    g = torch.Generator().manual_seed(0)
+    return {k: torch.randn(v, generator=g) if v else torch.randn((), generator=g) for k, v in shapes.items()}
+
+
 def make_tiny_dataset(root: str, n: int = 8, size=(48, 64), seed: int = 0, ignore_border: bool = True):
     """n images: a blue-sky top, a green-field bottom and a red square, labels 0..2, and (optional)
     a 2-pixel ignore border. Returns (image_dir, gt_dir)."""

@@ -1,10 +1,9 @@
-import json
 import os
 
 import pytest
 import torch
 
-from helpers import REPO, register_tiny_splits, shared_reference, train_args, train_worker
+from helpers import REPO, param_counts, random_official_state_dict, register_tiny_splits, train_args, train_worker
 from ovss_d2.checkpoint import OVSSCheckpointer
 from ovss_d2.engine import OVSSTrainer, build_optimizer, load_config
 from ovss_d2.modeling.converters import UnmappedKeyError, convert_err_seg_official
@@ -22,21 +21,14 @@ def err_b():
     return OVSSTrainer.build_model(err_cfg())
 
 
-def _counts(model):
-    return (sum(p.numel() for p in model.parameters()),
-            sum(p.numel() for p in model.parameters() if p.requires_grad))
-
-
 def test_parameter_counts_are_official(err_b):
-    assert _counts(err_b) == (186_754_170, 126_432_633)
-    assert _counts(OVSSTrainer.build_model(err_cfg("err_seg_convnext_l_640_768.yaml"))) == (361_024_058, 268_653_049)
+    assert param_counts(err_b) == (186_754_170, 126_432_633)
+    large = OVSSTrainer.build_model(err_cfg("err_seg_convnext_l_640_768.yaml"))
+    assert param_counts(large) == (361_024_058, 268_653_049)
 
 
 def test_official_layout_converts_and_loads_strictly(err_b, tmp_path):
-    with open(shared_reference("err_seg_convnext_base.json")) as f:  # reads ../shared/reference
-        shapes = json.load(f)
-    g = torch.Generator().manual_seed(0)
-    official = {k: torch.randn(v, generator=g) if v else torch.randn((), generator=g) for k, v in shapes.items()}
+    official = random_official_state_dict("err_seg_convnext_base.json")  # reads ../shared/reference
     err_b.load_state_dict(convert_err_seg_official(official), strict=True)
     d = "sem_seg_head.decoder."
     assert torch.equal(err_b.decoder.layers[3].klass.block.mlp.fc3.weight,

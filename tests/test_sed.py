@@ -1,11 +1,10 @@
-import json
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import REPO, register_tiny_splits, shared_reference, train_args, train_worker
+from helpers import REPO, param_counts, random_official_state_dict, register_tiny_splits, train_args, train_worker
 from ovss_d2.checkpoint import OVSSCheckpointer
 from ovss_d2.engine import OVSSTrainer, build_optimizer, load_config
 from ovss_d2.modeling.converters import UnmappedKeyError, convert_sed_official
@@ -36,13 +35,8 @@ def sed_b():
     return OVSSTrainer.build_model(sed_cfg())
 
 
-def _counts(model):
-    return (sum(p.numel() for p in model.parameters()),
-            sum(p.numel() for p in model.parameters() if p.requires_grad))
-
-
 def test_convnext_b_parameter_counts_are_official(sed_b):
-    assert _counts(sed_b) == (180_761_741, 89_598_220)
+    assert param_counts(sed_b) == (180_761_741, 89_598_220)
 
 
 def test_convnext_l_parameter_counts_are_official():
@@ -50,18 +44,11 @@ def test_convnext_l_parameter_counts_are_official():
                       ["MODEL.CLIP.PRETRAINED", "none", "MODEL.DEVICE", "cpu", "DATASETS.TRAIN", "()",
                        "DATASETS.TEST", "()"])
     model = OVSSTrainer.build_model(cfg)
-    assert _counts(model) == (353_245_773, 201_243_980)
-
-
-def _official_random_state_dict(manifest: str):
-    with open(shared_reference(manifest)) as f:  # reads ../shared/reference
-        shapes = json.load(f)
-    g = torch.Generator().manual_seed(0)
-    return {k: torch.randn(v, generator=g) if v else torch.randn((), generator=g) for k, v in shapes.items()}
+    assert param_counts(model) == (353_245_773, 201_243_980)
 
 
 def test_official_layout_converts_and_loads_strictly(sed_b, tmp_path):
-    official = _official_random_state_dict("sed_convnext_base.json")
+    official = random_official_state_dict("sed_convnext_base.json")  # reads ../shared/reference
     converted = convert_sed_official(official)
     sed_b.load_state_dict(converted, strict=True)
     # spot checks of the mapping
