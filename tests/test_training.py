@@ -130,6 +130,18 @@ def test_fp16_autocast_on_cpu_is_a_clear_error(data_root, tmp_path):
         OVSSTrainer(cfg)
 
 
+def test_gpu_config_runs_on_cpu_without_fp16_amp():
+    import torch
+
+    from ovss_d2.engine import load_config
+    from helpers import REPO
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    cfg = load_config(os.path.join(REPO, "configs", "err_seg", "err_seg_convnext_b_640.yaml"), [])
+    assert cfg.MODEL.DEVICE == "cpu" and not cfg.SOLVER.AMP.ENABLED
+
+
 def test_full_model_gradient_clipping(data_root, tmp_path):
     cfg = tiny_cfg(str(tmp_path))
     cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True

@@ -16,7 +16,8 @@ logger = logging.getLogger(__name__)
 def load_config(config_file: str = "", opts: Sequence[str] = ()) -> CfgNode:
     """detectron2 defaults + ovss-d2 keys + ``config_file`` + ``opts`` (not frozen).
 
-    Without CUDA, ``MODEL.DEVICE cuda`` falls back to ``cpu`` with a warning."""
+    Without CUDA, ``MODEL.DEVICE cuda`` falls back to ``cpu`` with a warning, and fp16 AMP (which
+    needs CUDA) is turned off."""
     cfg = get_cfg()
     add_ovss_config(cfg)
     if config_file:
@@ -25,6 +26,9 @@ def load_config(config_file: str = "", opts: Sequence[str] = ()) -> CfgNode:
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu).")
         cfg.MODEL.DEVICE = "cpu"
+        if cfg.SOLVER.AMP.ENABLED and cfg.SOLVER.AMP.DTYPE == "float16":
+            logger.warning("fp16 AMP needs CUDA: training in fp32 (SOLVER.AMP.ENABLED False).")
+            cfg.SOLVER.AMP.ENABLED = False
     return cfg
 
 
