@@ -8,7 +8,6 @@ to ``MODEL.ERR_SEG.CLIP_RESOLUTION`` for training and ``TEST_RESOLUTION`` for in
 from typing import Dict, List
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
@@ -74,9 +73,9 @@ class ERRSeg(OpenVocabSegmentor):
         if self.training:
             def predict(images, targets):
                 n = len(self.vocabulary)
-                valid = targets != self.ignore_value
-                present = F.one_hot(torch.where(valid, targets, 0), n).flatten(1, 2) * valid.flatten(1)[..., None]
-                return [self.predict(images, gt_classes=present.any(dim=1))["logits"]]
+                ids = torch.where(targets == self.ignore_value, n, targets).flatten(1)  # ignore -> column n
+                present = torch.zeros(ids.shape[0], n + 1, device=ids.device).scatter_(1, ids, 1.0)[:, :n] > 0
+                return [self.predict(images, gt_classes=present)["logits"]]
             return self.fixed_resolution_losses(batched_inputs, self.clip_resolution, predict)
         return self.fixed_resolution_inference(batched_inputs, self.test_resolution,
                                                lambda images: self.predict(images)["logits"])
