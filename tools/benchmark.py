@@ -38,35 +38,54 @@ def _percentile(xs, q):
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
-def time_sed_parts(model, image, runs, warmup):
-    """Encoder (CLIP features + dense embedding) and decoder (cost map + decoder) times, s."""
-    from ovss_d2.modeling.cost_map import cost_map
+def rejection_attribute(model) -> str:
+    """The knob that limits the classes reaching the decoder: SED's early-rejection k or ERR-Seg's
+    CRM N (0 = off for both)."""
+    for name in ("early_rejection_topk", "crm_test"):
+        if hasattr(model, name):
+            return name
+    raise ValueError(f"{type(model).__name__} has no class-rejection setting to benchmark.")
 
-    x = model._resize(((image.float() - model.pixel_mean) / model.pixel_std)[None])
-    text = model.class_embeddings()
-    enc, dec = [], []
-    for i in range(warmup + runs):
+
+def time_parts(model, image, runs, warmup):
+    """End-to-end ``predict`` time and the decoder's share (timed by hooks around
+    ``model.decoder``), in seconds; encoder = the rest (CLIP features, dense embeddings, cost maps)."""
+    x = model.resize_to(((image.float() - model.pixel_mean) / model.pixel_std)[None],
+                        getattr(model, "test_resolution", getattr(model, "clip_resolution", image.shape[-2:])))
+    stamps = {}
+
+    def pre_hook(module, args, kwargs=None):
         _sync(x.device)
-        t0 = time.perf_counter()
-        feats = model.clip.forward_features(x)
-        dense = model.clip.dense_embedding(feats)
+        stamps["start"] = time.perf_counter()
+
+    def post_hook(module, args, output):
         _sync(x.device)
-        t1 = time.perf_counter()
-        cost = cost_map(dense, text)
-        model.decoder(cost, [feats[k] for k in ("res4", "res3", "res2")], topk=model.early_rejection_topk)
-        _sync(x.device)
-        t2 = time.perf_counter()
-        if i >= warmup:
-            enc.append(t1 - t0)
-            dec.append(t2 - t1)
-    return enc, dec
+        stamps["end"] = time.perf_counter()
+
+    handles = [model.decoder.register_forward_pre_hook(pre_hook), model.decoder.register_forward_hook(post_hook)]
+    total, dec = [], []
+    try:
+        for i in range(warmup + runs):
+            _sync(x.device)
+            t0 = time.perf_counter()
+            model.predict(x)
+            _sync(x.device)
+            t1 = time.perf_counter()
+            if i >= warmup:
+                total.append(t1 - t0)
+                dec.append(stamps["end"] - stamps["start"])
+    finally:
+        for h in handles:
+            h.remove()
+    return [t - d for t, d in zip(total, dec)], dec
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--vocab-sizes", type=int, nargs="+", default=[20, 150, 459, 847])
-    parser.add_argument("--topk", type=int, nargs="+", default=[0, 8], help="early rejection k (0 = off)")
+    parser.add_argument("--topk", type=int, nargs="+", default=[0, 8],
+                        help="classes limit: SED's early-rejection k or ERR-Seg's CRM N (0 = off)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--image-size", type=int, nargs=2, default=[512, 683], metavar=("H", "W"))
@@ -96,10 +115,10 @@ def main():
                 model.class_embeddings = lambda names=None, emb=emb: emb
             model.class_embeddings()  # text encoder runs here, once, outside the timing
             for k in args.topk:
-                model.early_rejection_topk = k
+                setattr(model, rejection_attribute(model), k)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
-                enc, dec = time_sed_parts(model, image, args.runs, args.warmup)
+                enc, dec = time_parts(model, image, args.runs, args.warmup)
                 total = [a + b for a, b in zip(enc, dec)]
                 row = {
                     "classes": n, "topk": k, "runs": args.runs,
@@ -116,11 +135,13 @@ def main():
                       f"peak {row['peak_mem_gib']:.2f} GiB", flush=True)
     machine = (torch.cuda.get_device_name(0) if device.type == "cuda" else
                f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    resolution = getattr(model, "test_resolution", getattr(model, "clip_resolution", ""))
     header = (f"config `{os.path.relpath(args.config_file, REPO)}`, input {args.image_size[0]}x{args.image_size[1]} "
-              f"(model resolution {getattr(model, 'clip_resolution', '')}), {machine}, torch {torch.__version__}, "
+              f"(model resolution {resolution}), {machine}, torch {torch.__version__}, "
               f"fp32, median of {args.runs} runs after {args.warmup} warm-up"
               + (", random text embeddings" if args.random_text else ""))
-    md = [header, "", "| classes | early rejection k | total ms (median) | p90 | encoder ms | decoder ms | peak GiB |",
+    knob = {"early_rejection_topk": "early rejection k", "crm_test": "CRM N"}[rejection_attribute(model)]
+    md = [header, "", f"| classes | {knob} | total ms (median) | p90 | encoder ms | decoder ms | peak GiB |",
           "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         md.append(f"| {r['classes']} | {r['topk'] or 'off'} | {r['total_ms_median']:.1f} | {r['total_ms_p90']:.1f} | "
