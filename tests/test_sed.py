@@ -120,7 +120,8 @@ def test_early_rejection_with_large_k_is_exact_and_small_k_rejects(tiny_sed):
         same = tiny_sed(inputs)[0]["sem_seg"]
         assert torch.equal(plain, same)
         tiny_sed.early_rejection_topk = 1
-        x = tiny_sed._resize(((inputs[0]["image"].float() - tiny_sed.pixel_mean) / tiny_sed.pixel_std)[None])
+        x = tiny_sed.resize_to(((inputs[0]["image"].float() - tiny_sed.pixel_mean) / tiny_sed.pixel_std)[None],
+                               tiny_sed.clip_resolution)
         out = tiny_sed.predict(x)
     kept = out["kept"]
     assert 0 < kept.numel() < 12

@@ -4,7 +4,7 @@ from typing import Dict, Optional
 import torch
 
 from ...checkpoint import register_checkpoint_converter
-from .common import rename_keys
+from .common import rename_keys, shift_group
 
 PREFIX = "sem_seg_head."
 _D = PREFIX + r"decoder\."
@@ -23,12 +23,8 @@ RULES = [
     (_D + r"aggregator_layers\.(\d+)\.spatial_fusion\.sa\.mlp\.dwconv\.dwconv\.(weight|bias)",
      r"decoder.layers.\1.spatial.block.mlp.dwconv.\2"),
     (_D + r"aggregator_layers\.(\d+)\.class_fusion\.sa\." + _BLOCK, r"decoder.layers.\1.klass.block.\2"),
-    (_D + r"up_decoder1\.(up_conv\.(?:weight|bias))", r"decoder.up.0.\1"),
-    (_D + r"up_decoder2\.(up_conv\.(?:weight|bias))", r"decoder.up.1.\1"),
-    (_D + r"up_decoder3\.(up_conv\.(?:weight|bias))", r"decoder.up.2.\1"),
-    (_D + r"up_decoder1\.textual_fusion\.(\d)\.(weight|bias)", r"decoder.up.0.fuse.\1.\2"),
-    (_D + r"up_decoder2\.textual_fusion\.(\d)\.(weight|bias)", r"decoder.up.1.fuse.\1.\2"),
-    (_D + r"up_decoder3\.textual_fusion\.(\d)\.(weight|bias)", r"decoder.up.2.fuse.\1.\2"),
+    (_D + r"up_decoder([123])\.(up_conv\.(?:weight|bias))", shift_group(r"decoder.up.\1.\2")),
+    (_D + r"up_decoder([123])\.textual_fusion\.(\d)\.(weight|bias)", shift_group(r"decoder.up.\1.fuse.\2.\3")),
     (_D + r"head\.(weight|bias)", r"decoder.head.\1"),
 ]
 

@@ -4,7 +4,7 @@ from typing import Dict, Optional
 import torch
 
 from ...checkpoint import register_checkpoint_converter
-from .common import rename_keys
+from .common import rename_keys, shift_group
 
 PREFIX = "sem_seg_head.predictor."
 _T = PREFIX + r"transformer\."
@@ -14,9 +14,7 @@ RULES = [
     (_T + r"conv1\.(weight|bias)", r"decoder.cost_embed.conv.\1"),
     (_T + r"decoder_guidance_projection\.(\d)\.0\.(weight|bias)", r"decoder.guidance_proj.\1.0.\2"),
     (_T + r"decoder_corr_guidance_projection\.(\d)\.0\.(weight|bias)", r"decoder.cost_guidance_proj.\1.0.\2"),
-    (_T + r"decoder1\.(.+)", r"decoder.layers.0.\1"),
-    (_T + r"decoder2\.(.+)", r"decoder.layers.1.\1"),
-    (_T + r"decoder3\.(.+)", r"decoder.layers.2.\1"),
+    (_T + r"decoder([123])\.(.+)", shift_group(r"decoder.layers.\1.\2")),
     (_T + r"head(\d)\.(weight|bias)", r"decoder.aux_heads.\1.\2"),
     (_T + r"head\.(weight|bias)", r"decoder.head.\1"),
 ]

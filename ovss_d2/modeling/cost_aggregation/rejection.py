@@ -2,8 +2,6 @@
 run the rest of the decoder on it only, and fill the dropped classes' logits.
 
 All operations are vectorised over the batch, classes and pixels."""
-from typing import Sequence
-
 import torch
 
 REJECTED_LOGIT = -1e4  # large negative, finite in fp16 too
@@ -31,19 +29,12 @@ def apply_class_selection(x: torch.Tensor, num_classes: int, keep: torch.Tensor)
 
 def fill_rejected(logits: torch.Tensor, keep: torch.Tensor, num_classes: int,
                   value: float = REJECTED_LOGIT) -> torch.Tensor:
-    """(B, K, H, W) logits of the kept classes -> (B, N, H, W), ``value`` for the others."""
-    b, _, h, w = logits.shape
+    """(B, K, H, W) logits of the kept classes -> (B, N, H, W), ``value`` for the others.
+    ``keep``: (K,) class indices shared by the batch (SED) or (B, K) per image (ERR-Seg)."""
+    b, k, h, w = logits.shape
+    index = keep.expand(b, k) if keep.dim() == 1 else keep
     out = logits.new_full((b, num_classes, h, w), value)
-    out[:, keep] = logits
-    return out
-
-
-def compose_indices(indices: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Successive selections (each indexing the previous subset) -> indices into the full set."""
-    out = indices[0]
-    for idx in indices[1:]:
-        out = out[idx]
-    return out
+    return out.scatter(1, index.view(b, k, 1, 1).expand(-1, -1, h, w), logits)
 
 
 CRM_RANK_WEIGHTS = (1.0, 0.1, 0.01)

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..cost_aggregation import REJECTED_LOGIT, ClassFusion, CostEmbedding, SpatialFusion, UpBlock, crm_select
+from ..cost_aggregation import ClassFusion, CostEmbedding, SpatialFusion, UpBlock, crm_select, fill_rejected
 
 
 class ERRSegLayer(nn.Module):
@@ -98,9 +98,8 @@ class ERRSegDecoder(nn.Module):
         for up, g in zip(self.up, dec_guidance):
             x = up(x, g)
         logits = self.head(x).view(b, k, *x.shape[-2:])
-        if k < n:  # scatter back to the full vocabulary, per image
-            full = logits.new_full((b, n, *logits.shape[-2:]), REJECTED_LOGIT)
-            logits = full.scatter(1, kept.view(b, k, 1, 1).expand(-1, -1, *logits.shape[-2:]), logits)
+        if k < n:
+            logits = fill_rejected(logits, kept, n)
         return {"logits": logits, "kept": kept}
 
 

@@ -56,9 +56,6 @@ class SED(OpenVocabSegmentor):
         guidance = [feats[k].detach() for k in ("res4", "res3", "res2")]
         return self.decoder(cost, guidance, topk=self.early_rejection_topk)
 
-    def _resize(self, x: torch.Tensor) -> torch.Tensor:
-        return self.resize_to(x, self.clip_resolution)
-
     def forward(self, batched_inputs: List[Dict]):
         if self.training:
             def predict(images, targets):
