@@ -94,6 +94,11 @@ def add_ovss_config(cfg: CN) -> None:
     # The mapper pads training images (value 128) and labels (ignore) to a multiple of this.
     cfg.INPUT.SIZE_DIVISIBILITY = -1
 
+    # ---- Test ---------------------------------------------------------------------------------
+    # Apply each test dataset's registered per-benchmark settings (ERR-Seg's CRM N, ZeroSeg's
+    # background threshold) in place of the MODEL values while evaluating on it.
+    cfg.TEST.DATASET_SETTINGS = True
+
     # ---- Solver -------------------------------------------------------------------------------
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # or "SGD"
     # Learning-rate factor of every trainable CLIP weight (SED / ERR-Seg: 0.01).

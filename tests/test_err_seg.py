@@ -166,3 +166,19 @@ def test_tiny_err_seg_trains_through_train_net(data_root, tmp_path):
     train_worker(data_root, args)
     ckpt = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)
     assert ckpt["iteration"] == 1 and all(torch.isfinite(v.float()).all() for v in ckpt["model"].values())
+
+
+def test_dataset_settings_switch_crm_per_benchmark(data_root, tmp_path):
+    from detectron2.data import MetadataCatalog
+    model = tiny_err(tmp_path).eval()
+    configured = model.crm_test
+    MetadataCatalog.get("tiny_val").set(err_seg_crm_test=3)
+    try:
+        model.use_dataset("tiny_val")
+        assert model.crm_test == 3 and model.vocabulary == MetadataCatalog.get("tiny_val").stuff_classes
+        model.use_dataset("tiny_train")  # no per-benchmark N: the configured value comes back
+        assert model.crm_test == configured
+        model.use_dataset("tiny_val", apply_settings=False)  # TEST.DATASET_SETTINGS False
+        assert model.crm_test == configured
+    finally:
+        del MetadataCatalog.get("tiny_val").err_seg_crm_test

@@ -15,7 +15,6 @@ from torch.nn.parallel import DistributedDataParallel
 from ..checkpoint import OVSSCheckpointer
 from ..data import SemSegDatasetMapper, build_test_loader, build_train_loader
 from ..evaluation import OpenVocabSemSegEvaluator
-from ..modeling.meta_arch.base import dataset_class_names
 from .optimizer import build_optimizer
 from .train_loop import OVSSTrainLoop
 
@@ -84,7 +83,7 @@ class OVSSTrainer(DefaultTrainer):
             raise ValueError(f"{len(evaluators)} evaluators for {len(cfg.DATASETS.TEST)} test datasets")
         results = OrderedDict()
         for idx, name in enumerate(cfg.DATASETS.TEST):
-            unwrap(model).set_vocabulary(dataset_class_names(name))
+            unwrap(model).use_dataset(name, cfg.TEST.DATASET_SETTINGS)
             loader = cls.build_test_loader(cfg, name)
             evaluator = evaluators[idx] if evaluators is not None else cls.build_evaluator(cfg, name)
             results[name] = inference_on_dataset(model, loader, evaluator)

@@ -76,6 +76,22 @@ class OpenVocabSegmentor(nn.Module):
         return self.pixel_mean.device
 
     # ---- vocabulary ----------------------------------------------------------------------------
+    # Per-benchmark settings a dataset's metadata may carry: metadata key -> model attribute
+    # (e.g. ERR-Seg's CRM N, ZeroSeg's background threshold). Applied by :meth:`use_dataset`.
+    DATASET_SETTINGS: Dict[str, str] = {}
+
+    def use_dataset(self, dataset_name: str, apply_settings: bool = True) -> None:
+        """Switch to a registered dataset: its class names become the vocabulary and, with
+        ``apply_settings``, its metadata's per-benchmark settings (:attr:`DATASET_SETTINGS`) replace
+        the configured values; a dataset without a setting gets the configured value back."""
+        self.set_vocabulary(dataset_class_names(dataset_name))
+        if not hasattr(self, "_configured_settings"):
+            self._configured_settings = {attr: getattr(self, attr) for attr in self.DATASET_SETTINGS.values()}
+        meta = MetadataCatalog.get(dataset_name)
+        for key, attr in self.DATASET_SETTINGS.items():
+            value = getattr(meta, key, None) if apply_settings else None
+            setattr(self, attr, self._configured_settings[attr] if value is None else value)
+
     def set_vocabulary(self, class_names: Sequence[str]) -> None:
         """Class names used at inference from now on (synonyms separated by ", ")."""
         self._vocabulary = validate_vocabulary(class_names)

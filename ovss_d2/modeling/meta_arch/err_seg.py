@@ -30,6 +30,8 @@ def err_seg_trainable(name: str) -> bool:
 
 @META_ARCH_REGISTRY.register()
 class ERRSeg(OpenVocabSegmentor):
+    DATASET_SETTINGS = {"err_seg_crm_test": "crm_test"}
+
     @configurable
     def __init__(self, *, decoder: ERRSegDecoder, clip_resolution=(640, 640), test_resolution=(640, 640),
                  crm_train: int = 32, crm_test: int = 32, clip_finetune: str = "weight", **kwargs):
