@@ -7,11 +7,21 @@ import numpy as np
 import torch
 from detectron2.config import configurable
 from detectron2.data import transforms as T
+from detectron2.utils.registry import Registry
 
 from .augmentations import RandomPhotometricDistortion
 from .io import read_image_rgb, read_label
 
 logger = logging.getLogger(__name__)
+
+DATASET_MAPPER_REGISTRY = Registry("DATASET_MAPPER")
+DATASET_MAPPER_REGISTRY.__doc__ = """Training mappers by class name (``INPUT.DATASET_MAPPER_NAME``): each is
+called as ``Mapper(cfg, is_train=True)`` and maps a dataset dict to a model input dict."""
+
+
+def build_train_mapper(cfg):
+    """The training mapper named by ``INPUT.DATASET_MAPPER_NAME``."""
+    return DATASET_MAPPER_REGISTRY.get(cfg.INPUT.DATASET_MAPPER_NAME)(cfg, is_train=True)
 
 
 def build_sem_seg_augmentations(cfg, is_train: bool) -> List[T.Augmentation]:
@@ -31,6 +41,7 @@ def build_sem_seg_augmentations(cfg, is_train: bool) -> List[T.Augmentation]:
     return augs
 
 
+@DATASET_MAPPER_REGISTRY.register()
 class SemSegDatasetMapper:
     """Reads an image (and its label map in training), applies the augmentations (resize, crop
     with a per-category area limit, photometric distortion, flip), pads training samples to

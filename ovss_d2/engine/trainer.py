@@ -13,7 +13,7 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import OVSSCheckpointer
-from ..data import SemSegDatasetMapper, build_test_loader, build_train_loader
+from ..data import SemSegDatasetMapper, build_test_loader, build_train_loader, build_train_mapper
 from ..evaluation import OpenVocabSemSegEvaluator
 from .optimizer import build_optimizer
 from .train_loop import OVSSTrainLoop
@@ -61,7 +61,7 @@ class OVSSTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0):
-        return build_train_loader(cfg, SemSegDatasetMapper(cfg, is_train=True), start_iter=start_iter)
+        return build_train_loader(cfg, build_train_mapper(cfg), start_iter=start_iter)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
