@@ -85,7 +85,8 @@ def add_ovss_config(cfg: CN) -> None:
     cfg.MODEL.SIZE_DIVISIBILITY = 32
 
     # ---- Data ---------------------------------------------------------------------------------
-    cfg.INPUT.DATASET_MAPPER_NAME = "semantic"
+    # Training mapper, by class name in ovss_d2.data.DATASET_MAPPER_REGISTRY (test: SemSegDatasetMapper).
+    cfg.INPUT.DATASET_MAPPER_NAME = "SemSegDatasetMapper"
     cfg.INPUT.FORMAT = "RGB"
     # Training crops that keep no single category above this fraction of the crop (1.0 = off).
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
