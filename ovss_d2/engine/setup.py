@@ -9,6 +9,7 @@ from detectron2.engine import default_setup
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_ovss_config
+from ..data.datasets import verify_sem_seg_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +33,11 @@ def load_config(config_file: str = "", opts: Sequence[str] = ()) -> CfgNode:
     return cfg
 
 
-def check_datasets(cfg: CfgNode, config_file: str = "") -> None:
-    """Fail at start-up, not inside a data loader, when a configured dataset is not registered."""
+def check_datasets(cfg: CfgNode, config_file: str = "", verify_train: bool = True) -> None:
+    """Fail at start-up, not inside a data loader, when a configured dataset is not registered, or
+    is a folder dataset whose folders are missing or half-prepared (the message names the path and
+    the prepare command; see :func:`ovss_d2.data.datasets.verify_sem_seg_dataset`). With
+    ``verify_train`` False (evaluation only) the training datasets need only be registered."""
     registered = set(DatasetCatalog.list())
     for key in ("TRAIN", "TEST"):
         for name in cfg.DATASETS[key]:
@@ -44,13 +48,15 @@ def check_datasets(cfg: CfgNode, config_file: str = "") -> None:
                     f"datasets: {sorted(registered)}. Register it (ovss_d2.data.register_sem_seg_dataset) "
                     f"or see datasets/README.md for the built-in benchmarks."
                 )
+            if key == "TEST" or verify_train:
+                verify_sem_seg_dataset(name)
 
 
 def setup(args) -> CfgNode:
     """Config from the command line, checked, frozen, with detectron2's default set-up
     (output directory, logging, environment info, seeding)."""
     cfg = load_config(args.config_file, args.opts)
-    check_datasets(cfg, args.config_file)
+    check_datasets(cfg, args.config_file, verify_train=not getattr(args, "eval_only", False))
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=_rank(), name="ovss_d2")

@@ -26,8 +26,16 @@ def unwrap(model):
 
 
 def create_ddp_model(model, **kwargs):
-    """DDP on GPUs (one device per process) or on the CPU (gloo, no device ids)."""
+    """DDP on GPUs (one device per process) or on the CPU (gloo, no device ids). A model with
+    nothing to train (training-free evaluation) is not wrapped: rank 0's weights and buffers are
+    broadcast to every process instead, as DDP would do."""
     if comm.get_world_size() == 1:
+        return model
+    if not any(p.requires_grad for p in model.parameters()):
+        import torch.distributed as dist
+
+        for t in model.state_dict().values():
+            dist.broadcast(t, src=0)
         return model
     if next(model.parameters()).is_cuda:
         kwargs.setdefault("device_ids", [comm.get_local_rank()])

@@ -1,3 +1,15 @@
-from .register import register_sem_seg_dataset
+"""Dataset registration: any image + label folder (:func:`register_sem_seg_dataset`) and the
+built-in benchmarks (:mod:`.benchmarks`, registered on import under ``$DETECTRON2_DATASETS``)."""
+from .benchmarks import (BENCHMARK_GROUPS, BENCHMARKS, BENCHMARKS_BY_KEY, BENCHMARKS_BY_NAME, BenchmarkSpec,
+                         register_all_benchmarks, register_benchmark, resolve_benchmarks)
+from .class_lists import ClassList, class_names, load_class_list
+from .register import DatasetNotReadyError, register_sem_seg_dataset, verify_sem_seg_dataset
 
-__all__ = ["register_sem_seg_dataset"]
+register_all_benchmarks()
+
+__all__ = [
+    "register_sem_seg_dataset", "verify_sem_seg_dataset", "DatasetNotReadyError",
+    "BenchmarkSpec", "BENCHMARKS", "BENCHMARKS_BY_KEY", "BENCHMARKS_BY_NAME", "BENCHMARK_GROUPS",
+    "register_benchmark", "register_all_benchmarks", "resolve_benchmarks",
+    "ClassList", "load_class_list", "class_names",
+]

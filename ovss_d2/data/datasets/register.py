@@ -1,4 +1,6 @@
-"""Registering semantic-segmentation datasets (a folder of images and a folder of label maps)."""
+"""Registering semantic-segmentation datasets (a folder of images and a folder of label maps), and
+checking at start-up that a registered dataset is there and completely prepared."""
+import json
 import os
 from typing import Optional, Sequence
 
@@ -6,15 +8,22 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_sem_seg
 
 
+class DatasetNotReadyError(FileNotFoundError):
+    """A registered dataset is missing or half-prepared (the message names the path and the fix)."""
+
+
 def register_sem_seg_dataset(name: str, image_root: str, gt_root: str, class_names: Sequence[str], *,
                              ignore_label: int = 255, image_ext: str = ".jpg", gt_ext: str = ".png",
                              unseen_classes: Optional[Sequence[str]] = None, evaluator_type: str = "sem_seg",
-                             prepare_hint: str = "", **metadata) -> None:
+                             prepare_hint: str = "", prepare_marker: str = "", **metadata) -> None:
     """Register ``name`` with detectron2.
 
     Images ``image_root/<stem><image_ext>`` are paired with labels ``gt_root/<stem><gt_ext>``
     (labels hold contiguous class ids, ``ignore_label`` elsewhere; 16-bit PNG for > 255 classes).
     ``unseen_classes`` (a subset of ``class_names``) makes the evaluator report seen / unseen mIoU.
+    ``prepare_hint`` is the command that prepares the data (shown when it is missing);
+    ``prepare_marker`` the completion marker a prepare script writes (``datasets/prepare_*.py``:
+    ``<gt_root>/prepared.json``), checked by :func:`verify_sem_seg_dataset`.
     """
     names = list(class_names)
     if unseen_classes:
@@ -32,5 +41,55 @@ def register_sem_seg_dataset(name: str, image_root: str, gt_root: str, class_nam
     DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(
         stuff_classes=names, image_root=image_root, sem_seg_root=gt_root, ignore_label=ignore_label,
-        evaluator_type=evaluator_type, unseen_classes=list(unseen_classes or []), **metadata,
+        evaluator_type=evaluator_type, unseen_classes=list(unseen_classes or []), image_ext=image_ext,
+        gt_ext=gt_ext, prepare_hint=prepare_hint, prepare_marker=prepare_marker, **metadata,
     )
+
+
+def verify_sem_seg_dataset(name: str) -> None:
+    """Raise :class:`DatasetNotReadyError` unless the registered folder dataset ``name`` is usable:
+    both folders exist, the labels are there (as many as its prepare script recorded in its
+    completion marker, for the class count and ignore label registered), and every label map has
+    its image. Datasets registered otherwise (no ``sem_seg_root`` metadata) are not checked.
+    Runs in milliseconds to a second (it lists the two folders)."""
+    meta = MetadataCatalog.get(name)
+    image_root, gt_root = getattr(meta, "image_root", None), getattr(meta, "sem_seg_root", None)
+    if not image_root or not gt_root:
+        return
+    hint = getattr(meta, "prepare_hint", "")
+    fix = f"Prepare it with:\n    {hint}" if hint else "See datasets/README.md."
+    for what, root in (("image", image_root), ("label", gt_root)):
+        if not os.path.isdir(root):
+            raise DatasetNotReadyError(f"Dataset {name!r}: {what} directory {root} does not exist. {fix}")
+    gt_ext, image_ext = getattr(meta, "gt_ext", ".png"), getattr(meta, "image_ext", ".jpg")
+    labels = [f[: -len(gt_ext)] for f in os.listdir(gt_root) if f.endswith(gt_ext)]
+    if not labels:
+        raise DatasetNotReadyError(f"Dataset {name!r}: no label maps (*{gt_ext}) in {gt_root}. {fix}")
+    marker = getattr(meta, "prepare_marker", "")
+    if marker:
+        if not os.path.isfile(marker):
+            raise DatasetNotReadyError(
+                f"Dataset {name!r} is not completely prepared: {marker} is missing (the preparation never ran "
+                f"or was interrupted; {len(labels)} label maps are in {gt_root}). Run it (again; finished files are "
+                f"kept):\n    {hint}")
+        with open(marker) as f:
+            info = json.load(f)
+        problems = []
+        if info.get("files") != len(labels):
+            problems.append(f"{gt_root} holds {len(labels)} label maps, the preparation wrote {info.get('files')}")
+        if "num_classes" in info and info["num_classes"] != len(meta.stuff_classes):
+            problems.append(f"labels prepared for {info['num_classes']} classes, registered with "
+                            f"{len(meta.stuff_classes)}")
+        if "ignore_label" in info and info["ignore_label"] != meta.ignore_label:
+            problems.append(f"labels prepared with ignore label {info['ignore_label']}, registered with "
+                            f"{meta.ignore_label}")
+        if problems:
+            raise DatasetNotReadyError(f"Dataset {name!r} does not match its preparation ({marker}): "
+                                       f"{'; '.join(problems)}. Prepare it again:\n    {hint} --overwrite")
+    images = {f[: -len(image_ext)] for f in os.listdir(image_root) if f.endswith(image_ext)}
+    orphans = sorted(set(labels) - images)
+    if orphans:
+        shown = ", ".join(orphans[:3]) + (f" and {len(orphans) - 3} more" if len(orphans) > 3 else "")
+        raise DatasetNotReadyError(
+            f"Dataset {name!r}: {len(orphans)} of {len(labels)} label maps in {gt_root} have no image "
+            f"(<stem>{image_ext}) in {image_root}: {shown}. {fix}")
