@@ -79,6 +79,104 @@ def add_ovss_config(cfg: CN) -> None:
     # layers of the text transformer) or "full".
     cfg.MODEL.ERR_SEG.CLIP_FINETUNE = "weight"
 
+    # ---- ZeroSeg --------------------------------------------------------------------------------
+    # MODEL.CLIP is the frozen teacher (paper: ViT-L-14) and, at inference, the text encoder.
+    cfg.MODEL.ZEROSEG = CN()
+    cfg.MODEL.ZEROSEG.IMAGE_SIZE = 224  # training input; the grid views are resized to it too
+    cfg.MODEL.ZEROSEG.PATCH_SIZE = 16
+    cfg.MODEL.ZEROSEG.ENCODER_DIM = 768
+    cfg.MODEL.ZEROSEG.ENCODER_DEPTH = 12
+    cfg.MODEL.ZEROSEG.ENCODER_HEADS = 12
+    # Fraction of the patches hidden from the encoder in training (paper: 0.6, the encoder sees 40%).
+    cfg.MODEL.ZEROSEG.MASK_RATIO = 0.6
+    # MAE reconstruction decoder.
+    cfg.MODEL.ZEROSEG.DECODER_DIM = 512
+    cfg.MODEL.ZEROSEG.DECODER_DEPTH = 8
+    cfg.MODEL.ZEROSEG.DECODER_HEADS = 16
+    cfg.MODEL.ZEROSEG.NORM_PIX_LOSS = True
+    # Segmentation head: layers per stage (grouping after each but the last) and group tokens.
+    cfg.MODEL.ZEROSEG.HEAD_DIM = 512
+    cfg.MODEL.ZEROSEG.HEAD_HEADS = 8
+    cfg.MODEL.ZEROSEG.HEAD_DEPTHS = [2, 2, 1]
+    cfg.MODEL.ZEROSEG.NUM_GROUP_TOKENS = [32, 8]
+    cfg.MODEL.ZEROSEG.PROJECTOR_HIDDEN = 2048
+    cfg.MODEL.ZEROSEG.GUMBEL = True
+    # Teacher views: the whole image (grid 1) and the cells of the 2x2, 3x3, 4x4 grids.
+    cfg.MODEL.ZEROSEG.GRIDS = [1, 2, 3, 4]
+    # Precomputed teacher features (tools/cache_teacher_features.py); "" = computed on the fly.
+    cfg.MODEL.ZEROSEG.TEACHER_CACHE = ""
+    cfg.MODEL.ZEROSEG.DISTILL_WEIGHT = 1.0
+    cfg.MODEL.ZEROSEG.MATCHING_WEIGHT = 1.0
+    cfg.MODEL.ZEROSEG.RECONSTRUCTION_WEIGHT = 1.0
+    # Inference: group-class scores = softmax(LOGIT_SCALE * cosine); the classes of a group are
+    # limited to the TEST_TOPK_CLASSES best classes of the global embedding (GroupViT; 0 = off);
+    # a "background" class in the vocabulary wins where the best score is below the threshold
+    # (paper: 0.95 VOC, 0.05 PASCAL Context, 0.35 COCO; datasets may set it, TEST.DATASET_SETTINGS).
+    cfg.MODEL.ZEROSEG.LOGIT_SCALE = 100.0
+    cfg.MODEL.ZEROSEG.TEST_TOPK_CLASSES = 5
+    cfg.MODEL.ZEROSEG.BACKGROUND_THRESHOLD = 0.95
+    # Unlabeled-image mapper (CenterCropImageMapper): shortest edge resized to this, centre crop.
+    cfg.INPUT.CENTER_CROP_SIZE = 224
+
+    # ---- ViL-Seg (trained on image-caption pairs; docs/vil_seg.md) ---------------------------------
+    cfg.MODEL.VIL_SEG = CN()
+    # Online clustering head: C clusters (paper: 25).
+    cfg.MODEL.VIL_SEG.NUM_CLUSTERS = 25
+    # Vision contrast: Phi_a = linear to this size + softmax (paper: 2048); temperatures of the global
+    # (target, centred) and local branches and the centre's EMA momentum (DINO's defaults).
+    cfg.MODEL.VIL_SEG.PROJECTION_DIM = 2048
+    cfg.MODEL.VIL_SEG.TEACHER_TEMP = 0.04
+    cfg.MODEL.VIL_SEG.STUDENT_TEMP = 0.1
+    cfg.MODEL.VIL_SEG.CENTER_MOMENTUM = 0.9
+    # Cross-modal InfoNCE: initial temperature, learnt or fixed; SYMMETRIC adds caption->image (CLIP).
+    cfg.MODEL.VIL_SEG.TEMPERATURE = 0.07
+    cfg.MODEL.VIL_SEG.LEARN_TEMPERATURE = True
+    cfg.MODEL.VIL_SEG.SYMMETRIC_CROSS_LOSS = False
+    # Global image embedding: "avg" = mean of the per-pixel embeddings (so a cluster's average is the
+    # same pooling restricted to it) or "cls" = CLIP's class token.
+    cfg.MODEL.VIL_SEG.GLOBAL_POOL = "avg"
+    # Loss weights of Eq. 1 (vision contrast, cross-modal contrast, clustering).
+    cfg.MODEL.VIL_SEG.VISION_LOSS_WEIGHT = 1.0
+    cfg.MODEL.VIL_SEG.CROSS_LOSS_WEIGHT = 1.0
+    cfg.MODEL.VIL_SEG.CLUSTER_LOSS_WEIGHT = 1.0
+    # Let the IIC loss train the image encoder too (False: only the clustering head).
+    cfg.MODEL.VIL_SEG.CLUSTER_GRAD_TO_ENCODER = True
+    # Inference clustering: "head" (online clustering head) or "kmeans" (the paper's offline
+    # ablation: per-image K-means with NUM_CLUSTERS clusters on the normalised pixel embeddings).
+    cfg.MODEL.VIL_SEG.CLUSTERING = "head"
+    cfg.MODEL.VIL_SEG.KMEANS_ITERS = 30
+    # Training views (INPUT.DATASET_MAPPER_NAME "MultiCropCaptionMapper").
+    cfg.INPUT.VIL_SEG = CN()
+    cfg.INPUT.VIL_SEG.GLOBAL_SIZE = 224
+    cfg.INPUT.VIL_SEG.GLOBAL_SCALE = (0.4, 1.0)
+    cfg.INPUT.VIL_SEG.NUM_LOCAL = 6
+    cfg.INPUT.VIL_SEG.LOCAL_SIZE = 96
+    cfg.INPUT.VIL_SEG.LOCAL_SCALE = (0.05, 0.4)
+    # IIC's transformed copy: colour x U(1 -+ MULT) + U(-+ ADD) * 255 per channel, flip probability.
+    cfg.INPUT.VIL_SEG.IIC_COLOR_MULT = 0.2
+    cfg.INPUT.VIL_SEG.IIC_COLOR_ADD = 0.1
+    cfg.INPUT.VIL_SEG.IIC_FLIP_PROB = 0.5
+
+    # ---- Speed (docs/performance.md); all off = the plain fp32 path -------------------------
+    # Mixed precision at inference (training: SOLVER.AMP): autocast the forward in "bfloat16"
+    # (CPU or CUDA) or "float16" (CUDA only).
+    cfg.TEST.AMP = CN()
+    cfg.TEST.AMP.ENABLED = False
+    cfg.TEST.AMP.DTYPE = "bfloat16"
+    # Convolution weights and images in channels-last (NHWC) memory order (faster convolutions
+    # with oneDNN / cuDNN, above all with AMP); training and inference.
+    cfg.MODEL.CHANNELS_LAST = False
+    # torch.compile the image encoder's stages and the decoder's layers (skipped with a warning
+    # where torch.compile cannot run, e.g. inductor without a C++ compiler on the CPU).
+    cfg.MODEL.COMPILE = CN()
+    cfg.MODEL.COMPILE.ENABLED = False
+    cfg.MODEL.COMPILE.BACKEND = "inductor"
+    # torch.compile mode: "" (default), "max-autotune", "reduce-overhead", ...
+    cfg.MODEL.COMPILE.MODE = ""
+    # Classes per chunk in the decoder's per-class layers at inference (0 = all classes at once):
+    # bounds the peak memory at large vocabularies, same outputs.
+    cfg.TEST.CLASS_CHUNK_SIZE = 0
+
     # Ignore label of the ground truth (255 by convention).
     cfg.MODEL.SEM_SEG_IGNORE_VALUE = 255
     # Images are padded to a multiple of this (the backbone's largest stride).

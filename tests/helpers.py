@@ -160,3 +160,35 @@ def evaluator_worker(out_file: str, dataset_name: str, root: str, num_classes: i
     if comm.is_main_process():
         with open(out_file, "w") as f:
             json.dump(res["sem_seg"], f)
+
+
+def vilseg_collectives_worker(in_file: str, out_dir: str):
+    """ViL-Seg's cross-rank losses: each rank takes its equal share of the pairs / pixels saved in
+    ``in_file``, computes the InfoNCE (both directions) and the IIC loss with the gathered
+    negatives / reduced joint distribution, and saves the losses and its rows' gradients."""
+    import torch
+    from detectron2.utils import comm
+
+    from ovss_d2.modeling.contrastive import cross_modal_info_nce
+    from ovss_d2.modeling.grouping.clustering import iic_loss
+
+    data = torch.load(in_file)
+    rank, world = comm.get_rank(), comm.get_world_size()
+    out = {}
+    for key in ("img", "txt", "p", "q"):
+        n = data[key].shape[0] // world
+        out[key] = data[key][rank * n:(rank + 1) * n].clone().requires_grad_(True)
+    scale = torch.tensor(data["scale"])
+    res = {}
+    for symmetric in (False, True):
+        out["img"].grad = out["txt"].grad = None
+        loss = cross_modal_info_nce(out["img"], out["txt"], scale, symmetric=symmetric)
+        loss.backward()
+        res[f"nce_{symmetric}"] = loss.detach()
+        res[f"nce_{symmetric}_grad_img"] = out["img"].grad.clone()
+        res[f"nce_{symmetric}_grad_txt"] = out["txt"].grad.clone()
+    loss = iic_loss(out["p"], out["q"])
+    loss.backward()
+    res["iic"] = loss.detach()
+    res["iic_grad_p"] = out["p"].grad.clone()
+    torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))

@@ -5,15 +5,22 @@
 ``toyworld_val``               semantic segmentation, full vocabulary (25), 5 unseen classes
 ``toyworld_captions_train``    image-caption pairs (``file_name``, ``caption``)
 ``toyworld_unlabeled_train``   images only (``file_name``)
+``toyworld_objects_val``       the 20 objects + ``background`` (stuff pixels), as in the
+                               annotation-free protocols (ZeroSeg's COCO-Object); background
+                               threshold 0.35 (COCO-Object's) unless the config says otherwise
 =============================  ==============================================================
 """
 import os
 from typing import Dict, List, Optional
 
+import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from PIL import Image
 
 from .generator import IMAGE_SIZE, default_root, generate, read_annotations
-from .vocabulary import ALL_CLASSES, SEEN_CLASSES, UNSEEN_CLASSES
+from .vocabulary import ALL_CLASSES, OBJECTS, SEEN_CLASSES, UNSEEN_CLASSES
+
+OBJECTS_WITH_BACKGROUND = ("background",) + OBJECTS
 
 
 def _records(root: Optional[str], split: str) -> List[Dict]:
@@ -26,6 +33,24 @@ def _records(root: Optional[str], split: str) -> List[Dict]:
             "caption": r["caption"], "image_id": i, "height": IMAGE_SIZE, "width": IMAGE_SIZE,
         })
     return out
+
+
+def _object_records(root: Optional[str]) -> List[Dict]:
+    """val records whose labels are the objects + background ids (written next to val on first use)."""
+    records = _records(root, "val")
+    lut = np.full(256, 255, np.uint8)
+    for i, name in enumerate(ALL_CLASSES):
+        lut[i] = OBJECTS_WITH_BACKGROUND.index(name) if name in OBJECTS else 0
+    out_dir = os.path.join(os.path.dirname(os.path.dirname(records[0]["sem_seg_file_name"])), "labels_objects")
+    os.makedirs(out_dir, exist_ok=True)
+    for r in records:
+        path = os.path.join(out_dir, os.path.basename(r["sem_seg_file_name"]))
+        if not os.path.isfile(path):
+            tmp = f"{path}.{os.getpid()}.tmp.png"
+            Image.fromarray(lut[np.asarray(Image.open(r["sem_seg_file_name"]))]).save(tmp)
+            os.replace(tmp, path)
+        r["sem_seg_file_name"] = path
+    return records
 
 
 def register_toyworld(root: Optional[str] = None, prefix: str = "toyworld") -> None:
@@ -41,6 +66,10 @@ def register_toyworld(root: Optional[str] = None, prefix: str = "toyworld") -> N
             stuff_classes=list(classes), unseen_classes=list(unseen), ignore_label=255,
             evaluator_type="sem_seg",
         )
+    DatasetCatalog.register(f"{prefix}_objects_val", lambda: _object_records(root))
+    MetadataCatalog.get(f"{prefix}_objects_val").set(
+        stuff_classes=list(OBJECTS_WITH_BACKGROUND), unseen_classes=list(UNSEEN_CLASSES), ignore_label=255,
+        evaluator_type="sem_seg", background_threshold=0.35)
     DatasetCatalog.register(f"{prefix}_captions_train", lambda: [
         {"file_name": r["file_name"], "caption": r["caption"], "image_id": r["image_id"]}
         for r in _records(root, "train")])

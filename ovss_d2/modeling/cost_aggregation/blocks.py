@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..fast_paths import chunked_over_classes
+
 
 class CostEmbedding(nn.Module):
     """Cost map (B, P, N, h, w) -> per-class embedding (B*N, C, h, w) with one convolution over
@@ -21,7 +23,11 @@ class CostEmbedding(nn.Module):
 
     def forward(self, cost: torch.Tensor) -> torch.Tensor:
         b, p, n, h, w = cost.shape
-        return self.conv(cost.transpose(1, 2).reshape(b * n, p, h, w))
+        return self.embed_rows(cost.transpose(1, 2).reshape(b * n, p, h, w))
+
+    def embed_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """The cost map already folded per class: (B*N, P, h, w) -> (B*N, C, h, w)."""
+        return self.conv(rows)
 
 
 class ConvNeXtBlock(nn.Module):
@@ -112,7 +118,8 @@ class GradualFusionLayer(nn.Module):
     the upsampled cost map, then two convolutions.
 
     x: (B*N, in_dim, H, W); guidance: (B, guidance_dim, 2H, 2W); cost_guidance:
-    (B*N, guidance_dim, 2H, 2W) -> (B*N, out_dim, 2H, 2W).
+    (B*N, guidance_dim, 2H, 2W) -> (B*N, out_dim, 2H, 2W). With ``class_chunk`` > 0 the per-class
+    parts (spatial block, SFM) run that many classes at a time (less memory, same result).
     """
 
     def __init__(self, in_dim: int, out_dim: int, guidance_dim: int, kernel_size: int = 9, num_heads: int = 4,
@@ -124,12 +131,14 @@ class GradualFusionLayer(nn.Module):
         self.fuse = DoubleConv(in_dim + guidance_dim, out_dim)
 
     def forward(self, x: torch.Tensor, num_classes: int, guidance: Optional[torch.Tensor],
-                cost_guidance: Optional[torch.Tensor]) -> torch.Tensor:
-        x = self.class_attn(self.spatial(x), num_classes)
-        x = self.up(x)
-        parts = [x]
-        if guidance is not None:
-            parts.append(guidance.repeat_interleave(num_classes, dim=0))
-        if cost_guidance is not None:
-            parts.append(cost_guidance)
-        return self.fuse(torch.cat(parts, dim=1))
+                cost_guidance: Optional[torch.Tensor], class_chunk: int = 0) -> torch.Tensor:
+        x = self.class_attn(chunked_over_classes(self.spatial, x, num_classes, class_chunk), num_classes)
+
+        def skip_fusion(rows: torch.Tensor, *cost_rows: torch.Tensor) -> torch.Tensor:
+            parts = [self.up(rows)]
+            if guidance is not None:  # the image's feature, repeated for each of its classes
+                parts.append(guidance.repeat_interleave(rows.shape[0] // guidance.shape[0], dim=0))
+            return self.fuse(torch.cat(parts + list(cost_rows), dim=1))
+
+        cost_rows = () if cost_guidance is None else (cost_guidance,)
+        return chunked_over_classes(skip_fusion, x, num_classes, class_chunk, *cost_rows)

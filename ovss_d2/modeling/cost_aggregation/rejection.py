@@ -16,9 +16,9 @@ def topk_union(scores: torch.Tensor, k: int) -> torch.Tensor:
     if k >= n:
         return torch.arange(n, device=scores.device)
     top = scores.topk(k, dim=1).indices  # (B, k, H, W)
-    hit = torch.zeros(n, dtype=torch.bool, device=scores.device)
-    hit[top.reshape(-1)] = True
-    return hit.nonzero(as_tuple=False).squeeze(1)
+    # index_fill_ with a Python scalar: ``hit[idx] = True`` would first make a host tensor of True
+    hit = torch.zeros(n, dtype=torch.int8, device=scores.device).index_fill_(0, top.reshape(-1), 1)
+    return hit.nonzero(as_tuple=False).squeeze(1)  # the one synchronisation: K depends on the data
 
 
 def apply_class_selection(x: torch.Tensor, num_classes: int, keep: torch.Tensor) -> torch.Tensor:
@@ -47,9 +47,10 @@ def crm_scores(cost: torch.Tensor) -> torch.Tensor:
     ranks = min(len(CRM_RANK_WEIGHTS), n)
     avg = cost[:, 0] if cost.shape[1] == 1 else cost.mean(dim=1)  # single template: no averaging pass
     top = avg.topk(ranks, dim=1).indices  # (B, r, H, W)
-    weights = torch.tensor(CRM_RANK_WEIGHTS[:ranks], device=cost.device, dtype=torch.float32)
-    src = weights.view(1, ranks, 1, 1).expand(top.shape).reshape(b, -1)
-    return torch.zeros(b, n, device=cost.device).scatter_add_(1, top.reshape(b, -1), src)
+    # rank weights filled on the device (a tensor built from a Python list would be a host-to-device
+    # copy, i.e. a synchronisation, in every forward)
+    src = torch.cat([torch.full_like(top[:, :1], w, dtype=torch.float32) for w in CRM_RANK_WEIGHTS[:ranks]], 1)
+    return torch.zeros(b, n, device=cost.device).scatter_add_(1, top.reshape(b, -1), src.reshape(b, -1))
 
 
 def crm_select(cost: torch.Tensor, k: int, gt_classes=None) -> torch.Tensor:

@@ -1,4 +1,5 @@
 from .err_seg_decoder import ERRSegDecoder
+from .grouping_head import GroupingSegmentationHead
 from .sed_decoder import SEDDecoder
 
-__all__ = ["SEDDecoder", "ERRSegDecoder"]
+__all__ = ["SEDDecoder", "ERRSegDecoder", "GroupingSegmentationHead"]

@@ -7,18 +7,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..cost_aggregation import ClassFusion, CostEmbedding, SpatialFusion, UpBlock, crm_select, fill_rejected
+from ..fast_paths import chunked_over_classes
 
 
 class ERRSegLayer(nn.Module):
-    """One aggregator layer: spatial fusion, then class fusion."""
+    """One aggregator layer: spatial fusion (per class; ``class_chunk`` classes at a time when > 0),
+    then class fusion."""
 
     def __init__(self, dim: int, num_heads: int, sr_ratio: int, drop_path: float, pool: Sequence[int]):
         super().__init__()
         self.spatial = SpatialFusion(dim, num_heads, sr_ratio, drop_path)
         self.klass = ClassFusion(dim, num_heads, pool, drop_path)
 
-    def forward(self, x, image_guidance, text_guidance):
-        return self.klass(self.spatial(x, image_guidance), text_guidance)
+    def forward(self, x, image_guidance, text_guidance, class_chunk: int = 0):
+        x = chunked_over_classes(lambda rows: self.spatial(rows, image_guidance), x, text_guidance.shape[1],
+                                 class_chunk)
+        return self.klass(x, text_guidance)
 
 
 class ERRSegDecoder(nn.Module):
@@ -57,7 +61,8 @@ class ERRSegDecoder(nn.Module):
         self.head = nn.Conv2d(dims[-1], 1, 1)
 
     def forward(self, costs: List[torch.Tensor], text: torch.Tensor, feats: Dict[str, torch.Tensor],
-                num_kept: Optional[int] = None, gt_classes: Optional[torch.Tensor] = None) -> Dict:
+                num_kept: Optional[int] = None, gt_classes: Optional[torch.Tensor] = None,
+                class_chunk: int = 0) -> Dict:
         """
         Args:
             costs: cost maps at strides 16 and 32: [(B, P, N, H/16, W/16), (B, P, N, H/32, W/32)].
@@ -65,6 +70,8 @@ class ERRSegDecoder(nn.Module):
             feats: encoder features res2..res5.
             num_kept: CRM's N (classes kept per image); None keeps all.
             gt_classes: (B, N) bool, the classes present in each image's labels (training).
+            class_chunk: at inference, run the per-class parts this many classes at a time (less
+                memory, same outputs). 0: all at once.
 
         Returns:
             ``logits`` (B, N, H/4, W/4), dropped classes at a large negative value; ``kept``
@@ -82,21 +89,27 @@ class ERRSegDecoder(nn.Module):
             kept = torch.arange(n, device=costs[0].device).expand(b, n)
             text = text.expand(b, -1, -1, -1)
         k = kept.shape[1]
-        # hierarchical semantics: embed both cost maps, merge at stride 16
-        e16, e32 = (embed(cm) for embed, cm in zip(self.cost_embeds, costs))
-        x = self.cost_fusion((e16 + F.interpolate(e32, size=e16.shape[-2:], mode="bilinear",
-                                                   align_corners=False)) / 2)  # (B*K, 128, H/16, W/16)
+        chunk = 0 if self.training else class_chunk
+
+        def hierarchical_semantics(c16: torch.Tensor, c32: torch.Tensor) -> torch.Tensor:
+            # embed both cost maps (rows: (B*K, P, h, w)), merge at stride 16
+            e16, e32 = (embed.embed_rows(cm) for embed, cm in zip(self.cost_embeds, (c16, c32)))
+            return self.cost_fusion((e16 + F.interpolate(e32, size=e16.shape[-2:], mode="bilinear",
+                                                         align_corners=False)) / 2)
+
+        c16, c32 = (cm.transpose(1, 2).flatten(0, 1) for cm in costs)
+        x = chunked_over_classes(hierarchical_semantics, c16, k, chunk, c32)  # (B*K, 128, H/16, W/16)
         g32, g16 = (proj(f) for proj, f in zip(self.agg_guidance_proj, (res5, res4)))
         guidance = self.agg_guidance_fusion((g16 + F.interpolate(g32, size=g16.shape[-2:], mode="bilinear",
                                                                  align_corners=False)) / 2)
         t = F.normalize(text.mean(dim=2), dim=-1)
         text_guidance = self.text_guidance_proj(t)  # (B, K, 128)
         for layer in self.layers:
-            x = layer(x, guidance, text_guidance)
+            x = layer(x, guidance, text_guidance, chunk)
         # gradual upsampling reads the middle-layer features without sending gradients back
         dec_guidance = [proj(f.detach()) for proj, f in zip(self.dec_guidance_proj, (res4, res3, res2))]
         for up, g in zip(self.up, dec_guidance):
-            x = up(x, g)
+            x = chunked_over_classes(lambda rows: up(rows, g), x, k, chunk)
         logits = self.head(x).view(b, k, *x.shape[-2:])
         if k < n:
             logits = fill_rejected(logits, kept, n)

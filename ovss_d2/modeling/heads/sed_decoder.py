@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from ..cost_aggregation import (CostEmbedding, GradualFusionLayer, apply_class_selection, fill_rejected,
                                 topk_union)
+from ..fast_paths import chunked_over_classes
 
 
 class SEDDecoder(nn.Module):
@@ -45,7 +46,8 @@ class SEDDecoder(nn.Module):
         self.aux_heads = nn.ModuleList(nn.Conv2d(dims[i], 1, 3, padding=1) for i in range(len(decoder_dims)))
         self.head = nn.Conv2d(dims[-1], 1, 3, padding=1)
 
-    def forward(self, cost: torch.Tensor, guidance: List[torch.Tensor], topk: Optional[int] = None) -> Dict:
+    def forward(self, cost: torch.Tensor, guidance: List[torch.Tensor], topk: Optional[int] = None,
+                class_chunk: int = 0) -> Dict:
         """
         Args:
             cost: (B, P, N, h, w) cosine cost map at stride 32.
@@ -53,6 +55,8 @@ class SEDDecoder(nn.Module):
                 detached by the caller: no gradient flows from here into the encoder).
             topk: early rejection at inference: after each layer's auxiliary head, only the union
                 of every pixel's top-``topk`` classes goes on. None or 0: off.
+            class_chunk: at inference, run the per-class layers this many classes at a time (less
+                memory, same outputs). 0: all at once.
 
         Returns:
             ``logits``: (B, N, 8h, 8w) mask logits (rejected classes: a large negative value);
@@ -61,12 +65,13 @@ class SEDDecoder(nn.Module):
             ``kept``: (K,) indices of the classes that reached the final head.
         """
         b, _, n, _, _ = cost.shape
+        chunk = 0 if self.training else class_chunk
         x = self.cost_embed(cost)  # (B*N, hidden, h, w)
         guid = [proj(g) for proj, g in zip(self.guidance_proj, guidance)]
         c = cost.transpose(1, 2).flatten(0, 1)  # (B*N, P, h, w)
         cost_guid = []
         for proj in self.cost_guidance_proj:
-            c = proj(c)
+            c = chunked_over_classes(proj, c, n, chunk)
             cost_guid.append(c)
         kept = torch.arange(n, device=cost.device)
         aux = []
@@ -82,7 +87,7 @@ class SEDDecoder(nn.Module):
                     x = apply_class_selection(x, cur, keep)
                     cost_guid = cost_guid[:i] + [apply_class_selection(cg, cur, keep) for cg in cost_guid[i:]]
                     kept = kept[keep]
-            x = layer(x, kept.numel(), guid[i], cost_guid[i])
+            x = layer(x, kept.numel(), guid[i], cost_guid[i], chunk)
         logits = self.head(x).view(b, kept.numel(), *x.shape[-2:])
         if kept.numel() < n:
             logits = fill_rejected(logits, kept, n)

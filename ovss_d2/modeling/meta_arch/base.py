@@ -11,6 +11,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
 from ..clip import CLIPWrapper, TextEmbeddingCache, default_cache_dir, resolve_templates, validate_vocabulary
+from ..fast_paths import FastPaths
 
 
 def dataset_class_names(dataset_name: str) -> List[str]:
@@ -40,8 +41,9 @@ class OpenVocabSegmentor(nn.Module):
     def __init__(self, *, clip: CLIPWrapper, templates: Sequence[str],
                  train_class_names: Optional[Sequence[str]], test_class_names: Optional[Sequence[str]] = None,
                  text_cache_dir: Optional[str] = None, text_batch_size: int = 256, text_synonyms: str = "average",
-                 size_divisibility: int = 32, ignore_value: int = 255):
+                 size_divisibility: int = 32, ignore_value: int = 255, fast_paths: Optional[FastPaths] = None):
         super().__init__()
+        self.fast_paths = fast_paths or FastPaths()  # speed switches (ovss_d2/modeling/fast_paths.py)
         self.clip = clip
         self.templates = list(templates)
         self.text_cache = TextEmbeddingCache(clip, text_cache_dir, text_batch_size, text_synonyms)
@@ -56,19 +58,22 @@ class OpenVocabSegmentor(nn.Module):
         self._device_embeddings = (None, None)
 
     @staticmethod
-    def base_config(cfg) -> Dict:
-        """Constructor arguments common to all meta-architectures, from a config."""
+    def base_config(cfg, train_vocabulary: bool = True) -> Dict:
+        """Constructor arguments common to all meta-architectures, from a config. Methods trained
+        without labels (``train_vocabulary=False``) take no class names from DATASETS.TRAIN."""
         cache_dir = cfg.MODEL.TEXT.CACHE_DIR or default_cache_dir()
         return {
             "clip": CLIPWrapper.from_config(cfg),
             "templates": resolve_templates(cfg.MODEL.TEXT.TEMPLATES, cfg.MODEL.TEXT.CUSTOM_TEMPLATES),
-            "train_class_names": dataset_class_names(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None,
+            "train_class_names": dataset_class_names(cfg.DATASETS.TRAIN[0])
+            if cfg.DATASETS.TRAIN and train_vocabulary else None,
             "test_class_names": dataset_class_names(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None,
             "text_cache_dir": cache_dir,
             "text_batch_size": cfg.MODEL.TEXT.BATCH_SIZE,
             "text_synonyms": cfg.MODEL.TEXT.SYNONYMS,
             "size_divisibility": cfg.MODEL.SIZE_DIVISIBILITY,
             "ignore_value": cfg.MODEL.SEM_SEG_IGNORE_VALUE,
+            "fast_paths": FastPaths.from_config(cfg),
         }
 
     @property
@@ -161,7 +166,8 @@ class OpenVocabSegmentor(nn.Module):
         (B, N, h, w) logits, sigmoid, each map resized to its image's requested output size."""
         images = torch.cat([self.resize_to(((x["image"].to(self.device).float() - self.pixel_mean)
                                           / self.pixel_std)[None], resolution) for x in batched_inputs])
-        probs = predict(images).float().sigmoid()
+        with self.fast_paths.autocast(images.device):  # TEST.AMP
+            probs = predict(images).float().sigmoid()
         results = []
         for prob, x in zip(probs, batched_inputs):
             size = (x.get("height", x["image"].shape[-2]), x.get("width", x["image"].shape[-1]))

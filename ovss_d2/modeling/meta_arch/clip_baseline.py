@@ -15,6 +15,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from ..cost_map import cost_map
+from ..fast_paths import apply_fast_paths
 from .base import OpenVocabSegmentor
 
 
@@ -30,6 +31,7 @@ class CLIPDenseBaseline(OpenVocabSegmentor):
             self.log_logit_scale = nn.Parameter(log_scale)
         else:
             self.register_buffer("log_logit_scale", log_scale)
+        apply_fast_paths(self, self.fast_paths)
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -41,15 +43,17 @@ class CLIPDenseBaseline(OpenVocabSegmentor):
     def segment(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised images -> (B, N, h, w) logits at the feature stride."""
         text = self.class_embeddings().mean(dim=1, keepdim=True)  # (N, 1, D) template ensemble
-        feats = self.clip.forward_features(images, last_block=False)
+        feats = self.clip.forward_features(self.fast_paths.format_images(images), last_block=False)
         dense = self.clip.dense_embedding(feats)  # (B, D, h, w)
         return cost_map(dense, text)[:, 0] * self.log_logit_scale.exp()
 
     def forward(self, batched_inputs: List[Dict]):
         images = self.preprocess_images(batched_inputs)
-        logits = self.upsample_to(self.segment(images.tensor), images)
         if self.training:
+            logits = self.upsample_to(self.segment(images.tensor), images)
             targets = self.sem_seg_targets(batched_inputs, images)
             loss = F.cross_entropy(logits, targets, ignore_index=self.ignore_value)
             return {"loss_sem_seg": loss}
-        return self.postprocess(logits.softmax(dim=1), images, batched_inputs)
+        with self.fast_paths.autocast(images.tensor.device):  # TEST.AMP
+            logits = self.segment(images.tensor)
+        return self.postprocess(self.upsample_to(logits.float(), images).softmax(dim=1), images, batched_inputs)

@@ -12,6 +12,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from ..cost_map import cost_map
+from ..fast_paths import apply_fast_paths
 from ..heads import ERRSegDecoder
 from .base import OpenVocabSegmentor
 
@@ -49,6 +50,7 @@ class ERRSeg(OpenVocabSegmentor):
                 p.requires_grad_(not n.startswith("logit_"))
         else:
             raise ValueError(f"MODEL.ERR_SEG.CLIP_FINETUNE={clip_finetune!r}: use 'weight' or 'full'.")
+        apply_fast_paths(self, self.fast_paths, [*self.decoder.layers, *self.decoder.up])
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -64,12 +66,13 @@ class ERRSeg(OpenVocabSegmentor):
 
     def predict(self, images: torch.Tensor, gt_classes=None) -> Dict:
         """(B, 3, H, W) normalised images -> ``logits`` (B, N, H/4, W/4) and ``kept`` (B, K)."""
-        feats = self.clip.forward_features(images)
+        feats = self.clip.forward_features(self.fast_paths.format_images(images))
         text = self.class_embeddings()  # (N, P, D)
         costs = [cost_map(self.clip.dense_embedding_stride16(feats), text),
                  cost_map(self.clip.dense_embedding(feats), text)]
         k = self.crm_train if self.training else self.crm_test
-        return self.decoder(costs, text[None], feats, num_kept=k or None, gt_classes=gt_classes)
+        return self.decoder(costs, text[None], feats, num_kept=k or None, gt_classes=gt_classes,
+                            class_chunk=self.fast_paths.class_chunk)
 
     def forward(self, batched_inputs: List[Dict]):
         if self.training:

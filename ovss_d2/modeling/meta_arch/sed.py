@@ -12,6 +12,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from ..cost_map import cost_map
+from ..fast_paths import apply_fast_paths
 from ..heads import SEDDecoder
 from .base import OpenVocabSegmentor
 
@@ -27,6 +28,7 @@ class SED(OpenVocabSegmentor):
         self.decoder = decoder
         self.clip_resolution = tuple(clip_resolution)
         self.early_rejection_topk = early_rejection_topk
+        apply_fast_paths(self, self.fast_paths, self.decoder.layers)
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -49,12 +51,12 @@ class SED(OpenVocabSegmentor):
     def predict(self, images: torch.Tensor) -> Dict:
         """(B, 3, H, W) normalised images at the CLIP resolution -> decoder outputs
         (``logits`` (B, N, H/4, W/4), ``aux``, ``kept``)."""
-        feats = self.clip.forward_features(images)
+        feats = self.clip.forward_features(self.fast_paths.format_images(images))
         dense = self.clip.dense_embedding(feats)  # (B, D, H/32, W/32)
         cost = cost_map(dense, self.class_embeddings())  # (B, P, N, H/32, W/32)
         # skip-layer fusion reads the encoder features without sending gradients back into it
         guidance = [feats[k].detach() for k in ("res4", "res3", "res2")]
-        return self.decoder(cost, guidance, topk=self.early_rejection_topk)
+        return self.decoder(cost, guidance, topk=self.early_rejection_topk, class_chunk=self.fast_paths.class_chunk)
 
     def forward(self, batched_inputs: List[Dict]):
         if self.training:

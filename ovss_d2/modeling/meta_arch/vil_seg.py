@@ -1,0 +1,198 @@
+"""ViL-Seg (Liu et al., ECCV 2022): open-world segmentation learnt from image-caption pairs only.
+
+Training (one batch of the ``MultiCropCaptionMapper``, see
+:mod:`ovss_d2.data.image_caption_mapper`): a CLIP ViT image encoder and text encoder with
+
+* ``loss_vision``: the multi-crop vision contrast between the global view and 6 local views
+  through a linear projection + softmax (:class:`~ovss_d2.modeling.contrastive.MultiCropDistillation`);
+* ``loss_cross``: InfoNCE between the global view and its caption, negatives from every rank
+  (:func:`~ovss_d2.modeling.contrastive.cross_modal_info_nce`);
+* ``loss_cluster``: IIC's mutual information between the online clustering head's assignments of
+  the global view and of its colour-jittered, flipped copy mapped back pixel to pixel
+  (:mod:`ovss_d2.modeling.grouping.clustering`).
+
+Inference: per-pixel (per-patch) embeddings -> argmax cluster of the head (or per-image K-means,
+``MODEL.VIL_SEG.CLUSTERING kmeans``) -> each cluster's average embedding -> named by its nearest
+class text embedding (``a photo of a {}.``). Outputs per-pixel class probabilities (those of the
+pixel's cluster), resized to the requested output size.
+"""
+import math
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+
+from ..contrastive import MultiCropDistillation, cross_modal_info_nce
+from ..grouping.clustering import OnlineClusteringHead, cluster_average, iic_loss, kmeans, undo_hflip
+from .base import OpenVocabSegmentor
+
+GLOBAL_POOLS = ("avg", "cls")
+CLUSTERINGS = ("head", "kmeans")
+TRAIN_KEYS = ("caption", "local_views", "iic_image", "iic_flipped")
+
+
+@META_ARCH_REGISTRY.register()
+class ViLSeg(OpenVocabSegmentor):
+    """See the module docstring. Paper scale: ``ViT-B-16`` (embedding 512), ``num_clusters`` 25,
+    ``projection_dim`` 2048."""
+
+    @configurable
+    def __init__(self, *, num_clusters: int = 25, projection_dim: int = 2048, teacher_temp: float = 0.04,
+                 student_temp: float = 0.1, center_momentum: float = 0.9, temperature: float = 0.07,
+                 learn_temperature: bool = True, symmetric_cross_loss: bool = False, global_pool: str = "avg",
+                 loss_weights: Tuple[float, float, float] = (1.0, 1.0, 1.0), cluster_grad_to_encoder: bool = True,
+                 clustering: str = "head", kmeans_iters: int = 30, **kwargs):
+        super().__init__(**kwargs)
+        if self.clip.kind != "vit":
+            raise ValueError(f"ViL-Seg's image encoder is a ViT: MODEL.CLIP.NAME={self.clip.name!r} is a "
+                             f"{self.clip.kind}. Use ViT-B-16 (paper) or ovss-tiny-vit(-128).")
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"MODEL.VIL_SEG.GLOBAL_POOL={global_pool!r}: use one of {GLOBAL_POOLS}.")
+        if clustering not in CLUSTERINGS:
+            raise ValueError(f"MODEL.VIL_SEG.CLUSTERING={clustering!r}: use one of {CLUSTERINGS}.")
+        dim = self.clip.embed_dim
+        self.num_clusters, self.global_pool, self.clustering = num_clusters, global_pool, clustering
+        self.kmeans_iters = kmeans_iters
+        self.symmetric_cross_loss, self.cluster_grad_to_encoder = symmetric_cross_loss, cluster_grad_to_encoder
+        self.vision_weight, self.cross_weight, self.cluster_weight = (float(w) for w in loss_weights)
+        self.cluster_head = OnlineClusteringHead(dim, num_clusters)
+        # without the vision loss (the paper's "w/o L_vision" ablation) Phi_a is not built at all
+        self.vision_contrast = MultiCropDistillation(dim, projection_dim, teacher_temp, student_temp,
+                                                     center_momentum) if self.vision_weight > 0 else None
+        log_scale = torch.tensor(math.log(1.0 / temperature))
+        if learn_temperature:
+            self.log_logit_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_logit_scale", log_scale)
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        # trained on captions: the training datasets have no class vocabulary
+        base_cfg = cfg.clone()
+        base_cfg.defrost()
+        base_cfg.DATASETS.TRAIN = ()
+        kwargs = cls.base_config(base_cfg)
+        c = cfg.MODEL.VIL_SEG
+        kwargs.update(
+            num_clusters=c.NUM_CLUSTERS, projection_dim=c.PROJECTION_DIM, teacher_temp=c.TEACHER_TEMP,
+            student_temp=c.STUDENT_TEMP, center_momentum=c.CENTER_MOMENTUM, temperature=c.TEMPERATURE,
+            learn_temperature=c.LEARN_TEMPERATURE, symmetric_cross_loss=c.SYMMETRIC_CROSS_LOSS,
+            global_pool=c.GLOBAL_POOL, cluster_grad_to_encoder=c.CLUSTER_GRAD_TO_ENCODER,
+            loss_weights=(c.VISION_LOSS_WEIGHT, c.CROSS_LOSS_WEIGHT, c.CLUSTER_LOSS_WEIGHT),
+            clustering=c.CLUSTERING, kmeans_iters=c.KMEANS_ITERS,
+        )
+        return kwargs
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """1 / temperature of the cross-modal contrast (clamped at 100 as CLIP does)."""
+        return self.log_logit_scale.exp().clamp(max=100.0)
+
+    # ---- embeddings ----------------------------------------------------------------------------
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """(..., 3, H, W) uint8 RGB -> normalised float images."""
+        return (images.to(self.device).float() - self.pixel_mean) / self.pixel_std
+
+    def embed(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Normalised images (B, 3, H, W), sides multiples of the patch size ->
+        ``e_pxl`` (B, D, H/p, W/p): every patch token after the last block, ``ln_post`` and the
+        projection; ``e_v`` (B, D): their mean (GLOBAL_POOL avg) or the class token's (cls)."""
+        visual = self.clip.model.visual
+        feats = self.clip.forward_features(images)
+        b, _, gh, gw = feats["res4"].shape
+        tokens = visual.ln_post(feats["res4"].flatten(2).transpose(1, 2))  # (B, hw, C)
+        if visual.proj is not None:
+            tokens = tokens @ visual.proj
+        pixel = tokens.transpose(1, 2).reshape(b, -1, gh, gw)
+        if self.global_pool == "avg":
+            glob = tokens.mean(dim=1)
+        else:
+            glob = visual.ln_post(feats["cls"])
+            glob = glob @ visual.proj if visual.proj is not None else glob
+        return pixel, glob
+
+    def encode_captions(self, captions: List[str]) -> torch.Tensor:
+        """(B, D) text embeddings of the captions (with gradients while training)."""
+        return self.clip.encode_text(self.clip.tokenize(captions).to(self.device))
+
+    # ---- training ------------------------------------------------------------------------------
+    def losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
+        missing = [k for k in TRAIN_KEYS if k not in batched_inputs[0]]
+        if missing:
+            raise ValueError(
+                f"ViL-Seg trains on image-caption pairs and needs {missing} in its inputs: set "
+                "INPUT.DATASET_MAPPER_NAME MultiCropCaptionMapper and an image-caption dataset in "
+                "DATASETS.TRAIN (e.g. toyworld_captions_train, cc12m_train).")
+        b = len(batched_inputs)
+        globals_ = torch.stack([x["image"] for x in batched_inputs])
+        iic = torch.stack([x["iic_image"] for x in batched_inputs])
+        flipped = torch.tensor([bool(x["iic_flipped"]) for x in batched_inputs])
+        pixel, glob = self.embed(self.normalize(torch.cat([globals_, iic])))
+        pixel, pixel_t, e_v = pixel[:b], pixel[b:], glob[:b]
+
+        losses = {}
+        e_t = self.encode_captions([x["caption"] for x in batched_inputs])
+        losses["loss_cross"] = self.cross_weight * cross_modal_info_nce(e_v, e_t, self.logit_scale,
+                                                                        self.symmetric_cross_loss)
+        if self.vision_contrast is not None:
+            local = torch.stack([x["local_views"] for x in batched_inputs])  # (B, V, 3, l, l)
+            v = local.shape[1]
+            if v == 0:
+                raise ValueError("The vision contrast needs local views: INPUT.VIL_SEG.NUM_LOCAL > 0 (paper: 6), "
+                                 "or MODEL.VIL_SEG.VISION_LOSS_WEIGHT 0.")
+            _, e_local = self.embed(self.normalize(local.flatten(0, 1)))
+            e_local = e_local.view(b, v, -1).transpose(0, 1)  # (V, B, D)
+            losses["loss_vision"] = self.vision_weight * self.vision_contrast(e_v, e_local)
+        if not self.cluster_grad_to_encoder:
+            pixel, pixel_t = pixel.detach(), pixel_t.detach()
+        p = self.cluster_head(pixel)
+        q = self.cluster_head(undo_hflip(pixel_t, flipped))
+        losses["loss_cluster"] = self.cluster_weight * iic_loss(p, q)
+        return losses
+
+    # ---- inference -----------------------------------------------------------------------------
+    def cluster(self, pixel: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) pixel embeddings -> (B, h, w) cluster ids: the head's argmax, or per-image
+        K-means (seeded, deterministic) on the L2-normalised embeddings."""
+        if self.clustering == "head":
+            return self.cluster_head.assign(pixel)
+        out = []
+        for emb in pixel:
+            x = F.normalize(emb.flatten(1).T.float(), dim=-1)
+            g = torch.Generator().manual_seed(0)
+            labels, _ = kmeans(x, self.num_clusters, self.kmeans_iters, generator=g)
+            out.append(labels.view(emb.shape[1:]))
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def segment(self, images: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Normalised images (B, 3, H, W) and normalised class embeddings (N, D) ->
+        (B, N, H/p, W/p) class probabilities of each patch's cluster and (B, H/p, W/p) clusters."""
+        pixel, _ = self.embed(images)
+        assignment = self.cluster(pixel)
+        regions, _ = cluster_average(pixel.float(), assignment, self.num_clusters)  # (B, C, D)
+        probs = (self.logit_scale * F.normalize(regions, dim=-1) @ text.T).softmax(dim=-1)  # (B, C, N)
+        per_pixel = torch.gather(probs, 1, assignment.flatten(1).unsqueeze(-1).expand(-1, -1, probs.shape[-1]))
+        b, h, w = assignment.shape
+        return per_pixel.transpose(1, 2).reshape(b, -1, h, w), assignment
+
+    def inference(self, batched_inputs: List[Dict]) -> List[Dict]:
+        text = F.normalize(self.class_embeddings().mean(dim=1).float(), dim=-1)  # template ensemble (N, D)
+        p = self.clip.patch_size
+        results = []
+        for x in batched_inputs:
+            image = self.normalize(x["image"])[None]
+            h, w = image.shape[-2:]
+            size = (max(p, round(h / p) * p), max(p, round(w / p) * p))
+            probs, _ = self.segment(self.resize_to(image, size), text)
+            out = (x.get("height", h), x.get("width", w))
+            results.append({"sem_seg": F.interpolate(probs, size=out, mode="bilinear", align_corners=False)[0]})
+        return results
+
+    def forward(self, batched_inputs: List[Dict]):
+        if self.training:
+            return self.losses(batched_inputs)
+        return self.inference(batched_inputs)

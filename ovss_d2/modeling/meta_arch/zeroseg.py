@@ -1,0 +1,165 @@
+"""ZeroSeg (Chen et al., ICCV 2023): segmentation learned from unlabeled images by distilling a
+frozen CLIP image encoder into segment tokens.
+
+Training (images only, ``CenterCropImageMapper``): an MAE-style ViT encodes 40% of the patches; an
+MAE decoder reconstructs the masked ones; a grouping head merges the visible tokens into segment
+tokens and a global embedding z. The teacher (``MODEL.CLIP``, paper: ViT-L/14) embeds the whole
+image and the cells of its 2x2, 3x3, 4x4 grids (cached or on the fly); losses: L1(z, every view),
+segment matching (each segment to its nearest grid cell) and the reconstruction MSE.
+
+Inference: every patch visible, each pixel belongs to one final group, a group's class scores are
+softmax(scale * cosine(segment, text)); a ``background`` class in the vocabulary takes the pixels
+whose best score is below the threshold (GroupViT's protocol).
+"""
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import ImageList
+
+from ..backbones import MAEDecoder, MaskedViTEncoder, masked_patch_mse
+from ..distillation import (local_view_mask, multiscale_distillation_loss, segment_matching_loss,
+                            teacher_view_features)
+from ..grouping import assignment_to_pixels, compose_assignments
+from ..heads import GroupingSegmentationHead
+from .base import OpenVocabSegmentor
+
+BACKGROUND = "background"
+
+
+def is_background(name: str) -> bool:
+    return name.split(",")[0].strip().lower() == BACKGROUND
+
+
+@META_ARCH_REGISTRY.register()
+class ZeroSeg(OpenVocabSegmentor):
+    DATASET_SETTINGS = {"background_threshold": "background_threshold"}
+
+    @configurable
+    def __init__(self, *, encoder: MaskedViTEncoder, decoder: MAEDecoder, head: GroupingSegmentationHead,
+                 image_size: int = 224, mask_ratio: float = 0.6, grids=(1, 2, 3, 4), norm_pix_loss: bool = True,
+                 loss_weights: Dict[str, float] = None, logit_scale: float = 100.0, test_topk_classes: int = 5,
+                 background_threshold: float = 0.95, **kwargs):
+        super().__init__(**kwargs)
+        self.clip.set_trainable(image=False, text=False)  # the teacher and the text encoder stay frozen
+        self.encoder, self.decoder, self.head = encoder, decoder, head
+        self.image_size, self.mask_ratio, self.grids = image_size, mask_ratio, list(grids)
+        if 1 not in self.grids:
+            raise ValueError(f"MODEL.ZEROSEG.GRIDS {self.grids} must include 1 (the whole image).")
+        self.register_buffer("local_views", local_view_mask(self.grids), persistent=False)
+        self.norm_pix_loss = norm_pix_loss
+        self.loss_weights = dict(loss_weights or {"distill": 1.0, "matching": 1.0, "reconstruction": 1.0})
+        self.logit_scale, self.test_topk_classes = logit_scale, test_topk_classes
+        self.background_threshold = background_threshold
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        kwargs = cls.base_config(cfg, train_vocabulary=False)
+        z = cfg.MODEL.ZEROSEG
+        kwargs.update(
+            encoder=MaskedViTEncoder(z.IMAGE_SIZE, z.PATCH_SIZE, z.ENCODER_DIM, z.ENCODER_DEPTH, z.ENCODER_HEADS),
+            decoder=MAEDecoder(z.ENCODER_DIM, z.DECODER_DIM, z.DECODER_DEPTH, z.DECODER_HEADS, z.PATCH_SIZE,
+                               z.IMAGE_SIZE),
+            head=GroupingSegmentationHead(z.ENCODER_DIM, z.HEAD_DIM, z.HEAD_HEADS, z.HEAD_DEPTHS, z.NUM_GROUP_TOKENS,
+                                          kwargs["clip"].embed_dim, projector_hidden=z.PROJECTOR_HIDDEN,
+                                          gumbel=z.GUMBEL),
+            image_size=z.IMAGE_SIZE, mask_ratio=z.MASK_RATIO, grids=z.GRIDS, norm_pix_loss=z.NORM_PIX_LOSS,
+            loss_weights={"distill": z.DISTILL_WEIGHT, "matching": z.MATCHING_WEIGHT,
+                          "reconstruction": z.RECONSTRUCTION_WEIGHT},
+            logit_scale=z.LOGIT_SCALE, test_topk_classes=z.TEST_TOPK_CLASSES,
+            background_threshold=z.BACKGROUND_THRESHOLD,
+        )
+        return kwargs
+
+    @property
+    def patch_size(self) -> int:
+        return self.encoder.patch_size
+
+    def forward(self, batched_inputs: List[Dict]):
+        return self.losses(batched_inputs) if self.training else self.inference(batched_inputs)
+
+    # ---- training --------------------------------------------------------------------------------
+    def teacher_features(self, batched_inputs: List[Dict], images: torch.Tensor) -> torch.Tensor:
+        """(B, V, D) unit-norm teacher embeddings of the views: from the cache when the mapper
+        attached them, else computed with the frozen CLIP."""
+        if all("teacher_features" in x for x in batched_inputs):
+            return torch.stack([x["teacher_features"] for x in batched_inputs]).to(self.device).float()
+        return teacher_view_features(self.clip, images, self.grids, self.image_size)
+
+    def losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
+        images = torch.stack([(x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std
+                              for x in batched_inputs])
+        if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(f"ZeroSeg trains on {self.image_size}x{self.image_size} inputs, got "
+                             f"{tuple(images.shape[-2:])}: use INPUT.DATASET_MAPPER_NAME CenterCropImageMapper with "
+                             f"INPUT.CENTER_CROP_SIZE {self.image_size}.")
+        teacher = self.teacher_features(batched_inputs, images)
+        return self.distillation_losses(images, teacher)
+
+    def distillation_losses(self, images: torch.Tensor, teacher: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Losses for normalised images (B, 3, S, S) and their teacher view features (B, V, D)."""
+        enc = self.encoder(images, self.mask_ratio)
+        out = self.head(enc["tokens"])
+        recon = self.decoder(enc["tokens"], enc["keep"], enc["grid"])
+        w = self.loss_weights
+        return {
+            "loss_distill": w["distill"] * multiscale_distillation_loss(out["global"], teacher),
+            "loss_matching": w["matching"] * self.segment_matching(out["segments"], teacher),
+            "loss_reconstruction": w["reconstruction"] * masked_patch_mse(
+                recon, images, enc["keep"], self.patch_size, self.norm_pix_loss),
+        }
+
+    def segment_matching(self, segments: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Segment matching of segments (B, G, D) against the grid-cell views of ``teacher`` (B, V, D):
+        the whole-image view is never a match."""
+        return segment_matching_loss(segments, teacher[:, self.local_views])
+
+    # ---- inference -------------------------------------------------------------------------------
+    def segment(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """One normalised image (3, H, W), H and W multiples of the patch size -> ``segments``
+        (G, D), ``global`` (D) and ``groups`` (H, W) int64: the final group of every pixel."""
+        enc = self.encoder(image[None], 0.0)
+        out = self.head(enc["tokens"])
+        assignment = compose_assignments([a["soft"] for a in out["assignments"]])  # (1, G, L)
+        groups = assignment_to_pixels(assignment, enc["grid"], image.shape[-2:])[0]
+        return {"segments": out["segments"][0], "global": out["global"][0], "groups": groups}
+
+    def group_class_scores(self, segments: torch.Tensor, global_embedding: torch.Tensor,
+                           text: torch.Tensor) -> torch.Tensor:
+        """(G, N) class probabilities of each group: softmax(scale * cosine) over the N classes, and
+        (GroupViT) renormalised over the image's ``test_topk_classes`` most likely classes."""
+        text = F.normalize(text, dim=-1)
+        logits = self.logit_scale * F.normalize(segments, dim=-1) @ text.T
+        probs = logits.softmax(-1)
+        k = self.test_topk_classes
+        if 0 < k < text.shape[0]:
+            image_logits = self.logit_scale * F.normalize(global_embedding, dim=-1) @ text.T
+            allowed = torch.zeros_like(image_logits, dtype=torch.bool).scatter_(0, image_logits.topk(k).indices, True)
+            probs = logits.masked_fill(~allowed, float("-inf")).softmax(-1) * probs
+        return probs
+
+    def inference(self, batched_inputs: List[Dict]) -> List[Dict]:
+        names = self.vocabulary
+        background = [i for i, n in enumerate(names) if is_background(n)]
+        foreground = [i for i in range(len(names)) if i not in background]
+        if not foreground:
+            raise ValueError(f"The vocabulary {names} has no class besides {BACKGROUND!r}.")
+        text = self.class_embeddings([names[i] for i in foreground]).mean(dim=1)  # (N_fg, D) over templates
+        results = []
+        for x in batched_inputs:
+            image = ImageList.from_tensors([(x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std],
+                                           self.patch_size)
+            seg = self.segment(image.tensor[0])
+            probs = self.group_class_scores(seg["segments"], seg["global"], text)  # (G, N_fg)
+            pixel = probs[seg["groups"]].permute(2, 0, 1)  # (N_fg, Hp, Wp)
+            scores = pixel.new_zeros(len(names), *pixel.shape[-2:])
+            scores[foreground] = pixel
+            if background:
+                threshold = min(float(self.background_threshold), float(probs.max()))
+                scores[background[0]] = (pixel.max(dim=0).values < threshold).to(scores.dtype)
+            height, width = x.get("height", image.image_sizes[0][0]), x.get("width", image.image_sizes[0][1])
+            results.append({"sem_seg": sem_seg_postprocess(scores, image.image_sizes[0], height, width)})
+        return results
