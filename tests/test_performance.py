@@ -229,3 +229,49 @@ def test_inference_forwards_synchronise_only_where_the_shape_depends_on_data():
             out = sed(inputs())[0]["sem_seg"]
         assert c.counts == expected
     assert (out == torch.sigmoid(torch.tensor(REJECTED_LOGIT))).any()  # k = 3 really rejected classes
+
+
+# ---- SED's early rejection: cost guidance computed for the kept classes only --------------------
+def _reference_sed_decoder(dec, cost, guidance, topk):
+    """SED's decoder with early rejection written out plainly: the whole cost-guidance chain for
+    every class first, Python sets for the top-k union, rows picked by index lists."""
+    b, _, n = cost.shape[:3]
+    x = dec.cost_embed(cost)
+    guid = [proj(g) for proj, g in zip(dec.guidance_proj, guidance)]
+    c, chain = cost.transpose(1, 2).flatten(0, 1), []
+    for proj in dec.cost_guidance_proj:
+        c = proj(c)
+        chain.append(c)
+    kept = list(range(n))
+    for i, layer in enumerate(dec.layers):
+        scores = dec.aux_heads[i](x).view(b, len(kept), *x.shape[-2:])
+        keep = sorted(set(scores.topk(min(topk, len(kept)), dim=1).indices.flatten().tolist()))
+        x = x[[j * len(kept) + k for j in range(b) for k in keep]]
+        kept = [kept[k] for k in keep]
+        cg = chain[i].view(b, n, *chain[i].shape[1:])[:, kept].flatten(0, 1)
+        x = layer(x, len(kept), guid[i], cg)
+    logits = dec.head(x).view(b, len(kept), *x.shape[-2:])
+    full = torch.full((b, n, *x.shape[-2:]), REJECTED_LOGIT)
+    full[:, kept] = logits
+    return full, kept
+
+
+@pytest.mark.parametrize("chunk", [0, 2])
+def test_sed_rejection_decodes_only_kept_classes_and_matches_the_plain_loop(chunk):
+    from ovss_d2.modeling.cost_map import cost_map
+
+    model = build("sed")
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 64, 64, generator=g)
+    with torch.no_grad():
+        feats = model.clip.forward_features(x)
+        cost = cost_map(model.clip.dense_embedding(feats), model.class_embeddings())
+        guidance = [feats[k] for k in ("res4", "res3", "res2")]
+        expected, kept = _reference_sed_decoder(model.decoder, cost, guidance, topk=1)
+        calls = []
+        hook = model.decoder.cost_guidance_proj[2].register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+        out = model.decoder(cost, guidance, topk=1, class_chunk=chunk)
+        hook.remove()
+    assert 0 < len(kept) < len(NAMES) and out["kept"].tolist() == kept
+    assert sum(calls) == 2 * len(kept)  # the finest cost guidance: kept classes only, both images
+    assert torch.allclose(out["logits"], expected, atol=1e-5, rtol=0)

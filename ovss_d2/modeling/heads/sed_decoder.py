@@ -68,11 +68,9 @@ class SEDDecoder(nn.Module):
         chunk = 0 if self.training else class_chunk
         x = self.cost_embed(cost)  # (B*N, hidden, h, w)
         guid = [proj(g) for proj, g in zip(self.guidance_proj, guidance)]
-        c = cost.transpose(1, 2).flatten(0, 1)  # (B*N, P, h, w)
-        cost_guid = []
-        for proj in self.cost_guidance_proj:
-            c = chunked_over_classes(proj, c, n, chunk)
-            cost_guid.append(c)
+        # the cost guidance of layer i is the cost map up-sampled i + 1 times, class by class: it is
+        # computed one level per layer, after that layer's rejection, for the kept classes only
+        cost_guid = cost.transpose(1, 2).flatten(0, 1)  # (B*N, P, h, w)
         kept = torch.arange(n, device=cost.device)
         aux = []
         reject = bool(topk) and not self.training
@@ -85,9 +83,10 @@ class SEDDecoder(nn.Module):
                 if keep.numel() < kept.numel():
                     cur = kept.numel()
                     x = apply_class_selection(x, cur, keep)
-                    cost_guid = cost_guid[:i] + [apply_class_selection(cg, cur, keep) for cg in cost_guid[i:]]
+                    cost_guid = apply_class_selection(cost_guid, cur, keep)
                     kept = kept[keep]
-            x = layer(x, kept.numel(), guid[i], cost_guid[i], chunk)
+            cost_guid = chunked_over_classes(self.cost_guidance_proj[i], cost_guid, kept.numel(), chunk)
+            x = layer(x, kept.numel(), guid[i], cost_guid, chunk)
         logits = self.head(x).view(b, kept.numel(), *x.shape[-2:])
         if kept.numel() < n:
             logits = fill_rejected(logits, kept, n)
