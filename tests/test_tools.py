@@ -130,7 +130,7 @@ def test_fast_paths_benchmark_tool(tmp_path):
                       "--opts", "MODEL.ERR_SEG.TEST_RESOLUTION", "(64, 64)"])
     by_name = {r["variant"]: r for r in rows}
     assert by_name["fp32 (plain)"]["speedup"] == 1.0 and by_name["fp32 (plain)"]["max_abs_prob_diff"] == 0
-    assert by_name["fp32, before the sync clean-up"]["host_syncs"] == 1  # the CRM weights' host copy
+    assert by_name["fp32, rejection code before this work"]["host_syncs"] == 1  # the CRM weights' host copy
     assert by_name["fp32 (plain)"]["host_syncs"] == 0
     assert by_name["channels-last"]["max_abs_prob_diff"] < 1e-5
     assert by_name["bf16 + channels-last + class chunks of 5"]["max_abs_prob_diff"] < 0.03

@@ -126,8 +126,9 @@ class PeakMemory:
         if self.device.type == "cuda":
             sync(self.device)
             self.peak = torch.cuda.max_memory_allocated(self.device)
-        elif self.method == "vmhwm_reset":
-            self.peak = _status_kib("VmHWM") * 1024
+        elif self.method == "vmhwm_reset":  # the kernel updates VmHWM lazily: never below the RSS seen
+            self.peak = max(_status_kib("VmHWM"), _status_kib("VmRSS")) * 1024
+            self.peak = max(self.peak, self.before)
         else:
             self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         return False
@@ -421,6 +422,8 @@ def parse_args(argv=None):
                    help="input image size (inference, default 512 x 683) or training crop (default: the "
                         "working resolution)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default: torch's); 1 makes CPU time robust on a shared machine")
     text = p.add_mutually_exclusive_group()
     text.add_argument("--random-text", action="store_true",
                       help="random unit text embeddings instead of running the text encoder")
@@ -438,6 +441,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from ovss_d2.engine import OVSSTrainer, load_config
 
     cfg = load_config(args.config_file, ["MODEL.CLIP.PRETRAINED", "none", "DATASETS.TRAIN", "()",
