@@ -395,14 +395,15 @@ def markdown(header: str, rows, knob: str) -> str:
     return "\n".join(out)
 
 
-def switches(cfg) -> str:
-    parts = [f"AMP {cfg.TEST.AMP.DTYPE}" if cfg.TEST.AMP.ENABLED else "fp32"]
+def switches(cfg, train: bool = False) -> str:
+    amp = cfg.SOLVER.AMP if train else cfg.TEST.AMP
+    parts = [f"{'training ' if train else ''}AMP {amp.DTYPE}" if amp.ENABLED else "fp32"]
     if cfg.MODEL.CHANNELS_LAST:
         parts.append("channels-last")
     if cfg.MODEL.COMPILE.ENABLED:
         mode = f", {cfg.MODEL.COMPILE.MODE}" if cfg.MODEL.COMPILE.MODE else ""
         parts.append(f"torch.compile ({cfg.MODEL.COMPILE.BACKEND}{mode})")
-    if cfg.TEST.CLASS_CHUNK_SIZE:
+    if cfg.TEST.CLASS_CHUNK_SIZE and not train:
         parts.append(f"class chunks of {cfg.TEST.CLASS_CHUNK_SIZE}")
     return ", ".join(parts)
 
@@ -508,13 +509,13 @@ def main(argv=None):
     what = (f"training steps, {args.train_classes} classes" if args.train
             else "input " + "x".join(map(str, args.image_size)))
     header = (f"{args.title or 'config `' + os.path.relpath(os.path.abspath(args.config_file), REPO) + '`'}: "
-              f"{machine_description(device)}, torch {torch.__version__}, {switches(cfg)}; "
+              f"{machine_description(device)}, torch {torch.__version__}, {switches(cfg, args.train)}; "
               f"{what}, "
               f"median of {args.runs} runs after {args.warmup} warm-up; load average {load_start} at the start, "
               f"{load_average()} at the end; peak memory: "
               f"{rows[0]['memory_method'] if rows else ''}")
     meta = {"header": header, "config": os.path.relpath(os.path.abspath(args.config_file), REPO),
-            "machine": machine_description(device), "torch": torch.__version__, "switches": switches(cfg),
+            "machine": machine_description(device), "torch": torch.__version__, "switches": switches(cfg, args.train),
             "argv": list(argv or sys.argv[1:])}
     for r in rows:
         r["switches"] = meta["switches"]
