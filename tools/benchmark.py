@@ -15,17 +15,17 @@ synthetic names whose text embeddings exist before timing (the model's cache mak
 one-off). ``--random-text`` uses random unit embeddings instead of running the text encoder (80
 templates x 2000 names would dominate a CPU run); ``--structured-text S`` makes S of the N classes
 match the image (their embeddings are k-means centres of the image's own dense CLIP embeddings,
-oriented so the model's first class-rejection scorer ranks them above the rest; the others random),
-so that class rejection sees scores shaped like a trained model's instead of noise.
+each template's copy signed so the model's first class-rejection scorer ranks them above the rest;
+the others random), so that class rejection sees scores shaped like a trained model's, not noise.
 
 Per setting: ``--warmup`` untimed runs, then ``--runs`` timed runs of the full forward
 (``model([{"image": ...}])``, preprocessing and resizing included) with hooks splitting it into
 encoder (image encoder, dense embeddings, cost maps), decoder and postprocessing; median and p90;
 the process's CPU time per run (user + system, all threads: less sensitive than the wall-clock
 latency to other jobs on a shared machine); throughput = batch / median latency; peak memory:
-CUDA ``max_memory_allocated`` or, on the CPU,
-the process's peak resident set size (``VmHWM``, reset before each setting through
-``/proc/self/clear_refs``); GFLOPs: fvcore (one multiply-add = one flop) on one extra traced
+CUDA ``max_memory_allocated`` or, on the CPU, the process's peak resident set size (``VmHWM``,
+reset before each setting through ``/proc/self/clear_refs``), and what the forwards added to the
+usage before them; GFLOPs: fvcore (one multiply-add = one flop) on one extra traced
 run; the classes that reach the decoder's last layer (SED's early rejection, ERR-Seg's CRM).
 """
 import argparse
@@ -322,7 +322,9 @@ def summarise(kind: str, times: dict, batch: int, mem: PeakMemory, extra: dict) 
     if times.get("encoder"):
         row["encoder_ms_median"] = 1000 * statistics.median(times["encoder"])
         row["decoder_ms_median"] = 1000 * statistics.median(times["decoder"])
-        row["post_ms_median"] = row["total_ms_median"] - row["encoder_ms_median"] - row["decoder_ms_median"]
+        row["post_ms_median"] = 1000 * statistics.median(t - e - d for t, e, d in zip(total, times["encoder"],
+                                                                                      times["decoder"]))
+    row["times_ms"] = [1000 * t for t in total]
     row.update(extra)
     return row
 

@@ -11,8 +11,8 @@ AMP + channels-last + torch.compile (--compile; the compile time is reported apa
 channels-last + class chunks (--class-chunk C, the memory switch); and the plain path with the
 class-rejection code as it was before the performance work (``hit[idx] = True`` and a CRM weight
 tensor built from a Python list: host-to-device copies; SED's cost guidance up-sampled for every
-class before rejection instead of for the kept classes only). For each: median latency (and encoder / decoder
-split) and process CPU time (all threads; less sensitive to other jobs on a shared machine),
+class before rejection instead of for the kept classes only). For each: median latency (and
+decoder share) and process CPU time (all threads; less sensitive to other jobs on a shared machine),
 speed-ups over the plain path, the memory a forward adds at its peak (peak minus the usage
 before it, from one untimed run per variant, which is also its warm-up), host-synchronising
 operators per forward (ovss_d2.modeling.fast_paths.HostSyncCounter), and the largest difference
