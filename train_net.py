@@ -11,17 +11,13 @@ import ovss_d2  # noqa: F401  (compat shims + registration; must precede detectr
 from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 
-from ovss_d2.checkpoint import OVSSCheckpointer
-from ovss_d2.engine import OVSSTrainer, create_ddp_model, launch, setup
+from ovss_d2.engine import OVSSTrainer, launch, setup
 
 
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        model = OVSSTrainer.build_model(cfg)
-        OVSSCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        model = create_ddp_model(model)
-        results = OVSSTrainer.test(cfg, model)
+        results = OVSSTrainer.evaluate(cfg, resume=args.resume)
         if comm.is_main_process():
             from detectron2.evaluation import verify_results
 

@@ -62,13 +62,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def evaluate(net_args) -> None:
     """Runs in every process: ``train_net.py --eval-only`` (set-up with the start-up dataset checks,
     model, checkpoint, the same weights in every process, OVSSTrainer.test)."""
-    from ovss_d2.checkpoint import OVSSCheckpointer
-    from ovss_d2.engine import OVSSTrainer, create_ddp_model, setup
+    from ovss_d2.engine import OVSSTrainer, setup
 
-    cfg = setup(net_args)
-    model = OVSSTrainer.build_model(cfg)
-    OVSSCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
-    OVSSTrainer.test(cfg, create_ddp_model(model))
+    OVSSTrainer.evaluate(setup(net_args))
 
 
 def _fmt(v) -> str:

@@ -100,6 +100,14 @@ class OVSSTrainer(DefaultTrainer):
                 print_csv_format(results[name])
         return list(results.values())[0] if len(results) == 1 else results
 
+    @classmethod
+    def evaluate(cls, cfg, resume: bool = False):
+        """``--eval-only``: build the model, load MODEL.WEIGHTS (or OUTPUT_DIR's last checkpoint with
+        ``resume``), give every process the same weights and evaluate on DATASETS.TEST."""
+        model = cls.build_model(cfg)
+        OVSSCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+        return cls.test(cfg, create_ddp_model(model))
+
     # ---- resume --------------------------------------------------------------------------------
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)
