@@ -1,69 +1,50 @@
 #!/usr/bin/env python
-"""COCO-Object (GroupViT's and ZeroSeg's COCO benchmark) from the COCO 2017 instance annotations:
-background + the 80 object classes.
+"""COCO-Object (GroupViT's and ZeroSeg's COCO benchmark), built as GroupViT's
+convert_dataset/convert_coco_object.py builds it: from COCO-Stuff's stuffthingmaps, the 80 thing
+classes become 1..80 and everything else (the 91 stuff classes and unlabeled) background 0.
 
-Input, in <root>/coco-stuff/ (the COCO root shared with prepare_coco_stuff.py):
-  annotations/instances_val2017.json   annotations_trainval2017.zip, unzipped in coco-stuff/
-  images/val2017/*.jpg                 val2017.zip, unzipped in coco-stuff/images/
+Input, in <root>/coco-stuff/ (shared with prepare_coco_stuff.py):
+  annotations/val2017/*.png   stuffthingmaps_trainval2017.zip: grey PNGs with the 0-based COCO-Stuff
+                              id (0 person .. 89 toothbrush, 91 banner .. 181 wood), 255 unlabeled
+  images/val2017/*.jpg        val2017.zip
 Output:
-  annotations_object_detectron2/val2017/*.png   0 = background, 1..80 = the object classes in COCO
-                                                category-id order; a pixel covered by several objects
-                                                takes the smallest one; crowd regions count
+  annotations_detectron2/val2017_object/*.png   0 = background, 1..80 = the thing classes in COCO
+                                                category order (no ignored pixel)
 
     python datasets/prepare_coco_object.py [--root $DETECTRON2_DATASETS] [--workers 8]
 """
-import json
 import os
 import sys
-from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import numpy as np  # noqa: E402
+
 import ovss_d2  # noqa: E402,F401
 from ovss_d2.data.datasets import BENCHMARKS_BY_NAME, load_class_list  # noqa: E402
-from ovss_d2.data.datasets.conversions import ConvertCocoObject  # noqa: E402
-from ovss_d2.data.datasets.preparation import (Item, MissingInputError, RequiredInput, check_inputs,  # noqa: E402
-                                               prepare_argument_parser, require_files, run_cli, run_preparation,
-                                               summary)
+from ovss_d2.data.datasets.coco_stuff_inputs import check_coco_stuff_inputs, stuffthingmaps_items  # noqa: E402
+from ovss_d2.data.datasets.conversions import RemapLabels, build_lut, contiguous_mapping  # noqa: E402
+from ovss_d2.data.datasets.preparation import prepare_argument_parser, run_cli, run_preparation, summary  # noqa: E402
 
 SCRIPT = "datasets/prepare_coco_object.py"
-ANNOTATIONS = ("annotations_trainval2017.zip", "http://images.cocodataset.org/annotations/annotations_trainval2017.zip")
+STUFF_IDS = range(91, 182)
+
+
+def object_lut() -> np.ndarray:
+    """(256,) table: the 80 thing ids -> 1..80, stuff ids and 255 -> 0; the 11 thing ids COCO never
+    annotates and 182..254 are not in the format (an error when met)."""
+    things = load_class_list("coco_object_81").raw_ids[1:]  # class 0 is background
+    return build_lut({**{s: 0 for s in STUFF_IDS}, 255: 0, **contiguous_mapping(things, offset=1)}, 256)
 
 
 def main(argv=None):
     args = prepare_argument_parser(__doc__).parse_args(argv)
-    coco = os.path.join(args.root, "coco-stuff")
-    ann_file = os.path.join(coco, "annotations", "instances_val2017.json")
-    img_dir = os.path.join(coco, "images", "val2017")
-    images_source = RequiredInput(img_dir, "val2017.zip", "http://images.cocodataset.org/zips/val2017.zip",
-                                  f"unzip it into {os.path.join(coco, 'images')}")
-    check_inputs([RequiredInput(ann_file, *ANNOTATIONS, f"unzip it into {coco} (it holds annotations/)"),
-                  images_source])
-    with open(ann_file) as f:
-        data = json.load(f)
-
-    classes = load_class_list("coco_object_81")
-    expected = dict(zip(classes.raw_ids[1:], classes.names[1:]))
-    found = {c["id"]: c["name"] for c in data.get("categories", [])}
-    if found != expected:
-        raise MissingInputError(f"{ann_file} does not hold the 80 COCO 2017 categories (found {len(found)}): take "
-                                f"instances_val2017.json from {ANNOTATIONS[0]} ({ANNOTATIONS[1]}).")
-    anns = defaultdict(list)
-    for a in data["annotations"]:
-        anns[a["image_id"]].append(a)
-    records = sorted(data["images"], key=lambda r: r["file_name"])
-    require_files([os.path.join(img_dir, r["file_name"]) for r in records], "val2017 images", images_source)
-
+    check_coco_stuff_inputs(args.root, ["val2017"])
     spec = BENCHMARKS_BY_NAME["coco_object_81_val"]
-    out = spec.gt_root(args.root)
-    items = [Item(os.path.splitext(r["file_name"])[0], (os.path.join(img_dir, r["file_name"]),),
-                  (os.path.join(out, os.path.splitext(r["file_name"])[0] + ".png"),),
-                  payload=(r["height"], r["width"], anns.get(r["id"], [])))
-             for r in records]
-    category_to_id = {raw: i for i, raw in enumerate(classes.raw_ids) if i > 0}
+    items = stuffthingmaps_items(args.root, "val2017", [spec.gt_root(args.root)])
     folders = [spec.output_folder(args.root)]
-    result = run_preparation(items, ConvertCocoObject(category_to_id), folders, script=SCRIPT, workers=args.workers,
-                             overwrite=args.overwrite, desc="COCO-Object val2017")
+    result = run_preparation(items, RemapLabels([object_lut()], [np.uint8]), folders, script=SCRIPT,
+                             workers=args.workers, overwrite=args.overwrite, desc="COCO-Object val2017")
     print(summary(result, folders))
 
 

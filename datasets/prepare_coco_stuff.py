@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """COCO-Stuff (164k, COCO 2017 images) -> the 171 contiguous classes of the open-vocabulary protocol
-(train on train2017; val2017 also serves ViL-Seg's COCO-Stuff split).
+(train on train2017), and for val2017 also the 182 classes of ViL-Seg's unseen-class split (SPNet's
+and CaGNet's count: every 0-based COCO-Stuff id 0..181).
 
 Input, in <root>/coco-stuff/:
   images/train2017/*.jpg, images/val2017/*.jpg   train2017.zip, val2017.zip (cocodataset.org)
@@ -9,6 +10,7 @@ Input, in <root>/coco-stuff/:
                                                  0-based COCO-Stuff id (0 person .. 181 wood), 255 unlabeled
 Output:
   annotations_detectron2/{train2017,val2017}/*.png   0..170; 255 = unlabeled
+  annotations_detectron2/val2017_182/*.png           0..181 (the ids themselves, checked); 255 = unlabeled
 
     python datasets/prepare_coco_stuff.py [--root $DETECTRON2_DATASETS] [--splits val2017 train2017] [--workers 8]
 """
@@ -21,45 +23,29 @@ import numpy as np  # noqa: E402
 
 import ovss_d2  # noqa: E402,F401
 from ovss_d2.data.datasets import BENCHMARKS_BY_NAME, load_class_list  # noqa: E402
+from ovss_d2.data.datasets.coco_stuff_inputs import SPLIT_SIZES, check_coco_stuff_inputs, stuffthingmaps_items  # noqa: E402
 from ovss_d2.data.datasets.conversions import IGNORE_8BIT, RemapLabels, build_lut, contiguous_mapping  # noqa: E402
-from ovss_d2.data.datasets.preparation import (Item, RequiredInput, check_inputs, prepare_argument_parser,  # noqa: E402
-                                               require_files, run_cli, run_preparation, summary)
+from ovss_d2.data.datasets.preparation import prepare_argument_parser, run_cli, run_preparation, summary  # noqa: E402
 
 SCRIPT = "datasets/prepare_coco_stuff.py"
-SPLITS = {"train2017": ("openvocab_coco_stuff_171_train", 118287), "val2017": ("openvocab_coco_stuff_171_val", 5000)}
-MAPS = ("stuffthingmaps_trainval2017.zip",
-        "http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/stuffthingmaps_trainval2017.zip")
+# split -> the registered datasets whose labels it writes, with their class lists
+SPLITS = {"train2017": (("openvocab_coco_stuff_171_train", "coco_stuff_171"),),
+          "val2017": (("openvocab_coco_stuff_171_val", "coco_stuff_171"),
+                      ("vilseg_coco_stuff_unseen_val", "coco_stuff_182"))}
 
 
 def main(argv=None):
     parser = prepare_argument_parser(__doc__)
-    parser.add_argument("--splits", nargs="+", choices=sorted(SPLITS), default=["val2017", "train2017"])
+    parser.add_argument("--splits", nargs="+", choices=sorted(SPLIT_SIZES), default=["val2017", "train2017"])
     args = parser.parse_args(argv)
-    coco = os.path.join(args.root, "coco-stuff")
-    lut = build_lut({IGNORE_8BIT: IGNORE_8BIT, **contiguous_mapping(load_class_list("coco_stuff_171").raw_ids)}, 256)
-
-    def maps(path):
-        return RequiredInput(path, *MAPS, f"unzip it into {os.path.join(coco, 'annotations')}")
-
-    def images(path, split):
-        return RequiredInput(path, f"{split}.zip", f"http://images.cocodataset.org/zips/{split}.zip",
-                             f"unzip it into {os.path.join(coco, 'images')}")
-
-    check_inputs([x for s in args.splits for x in (maps(os.path.join(coco, "annotations", s)),
-                                                   images(os.path.join(coco, "images", s), s))])
+    check_coco_stuff_inputs(args.root, args.splits)
     for split in args.splits:
-        name, expected = SPLITS[split]
-        ann_dir, img_dir = os.path.join(coco, "annotations", split), os.path.join(coco, "images", split)
-        stems = sorted(f[:-4] for f in os.listdir(ann_dir) if f.endswith(".png"))
-        if len(stems) != expected:
-            print(f"warning: {ann_dir} holds {len(stems)} label maps, the official release {expected}: is "
-                  f"{MAPS[0]} completely unpacked?", file=sys.stderr)
-        require_files([os.path.join(img_dir, f"{s}.jpg") for s in stems], f"{split} images", images(img_dir, split))
-        spec = BENCHMARKS_BY_NAME[name]
-        out = spec.gt_root(args.root)
-        items = [Item(s, (os.path.join(ann_dir, f"{s}.png"),), (os.path.join(out, f"{s}.png"),)) for s in stems]
-        folders = [spec.output_folder(args.root)]
-        result = run_preparation(items, RemapLabels([lut], [np.uint8]), folders, script=SCRIPT,
+        specs = [BENCHMARKS_BY_NAME[name] for name, _ in SPLITS[split]]
+        luts = [build_lut({IGNORE_8BIT: IGNORE_8BIT, **contiguous_mapping(load_class_list(key).raw_ids)}, 256)
+                for _, key in SPLITS[split]]
+        items = stuffthingmaps_items(args.root, split, [s.gt_root(args.root) for s in specs])
+        folders = [s.output_folder(args.root) for s in specs]
+        result = run_preparation(items, RemapLabels(luts, [np.uint8] * len(luts)), folders, script=SCRIPT,
                                  workers=args.workers, overwrite=args.overwrite, desc=f"COCO-Stuff {split}")
         print(summary(result, folders))
 

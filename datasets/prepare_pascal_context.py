@@ -3,6 +3,10 @@
 (16-bit), the 59-class labels (open-vocabulary PC-59, ViL-Seg) and the 60-class labels with
 background (ZeroSeg), all three from the same full-label ``LabelMap``.
 
+Every image of ImageSets/Main/val.txt is converted. The registered PC-459, PC-59 and PC-60 splits
+then leave out 2010_001606, as the methods' 5104-image list does (CAT-Seg / SED / ERR-Seg
+datasets/pascalcontext_val.txt); ViL-Seg's split keeps all 5105 (see datasets/README.md).
+
 Input, in <root>/VOCdevkit/VOC2010/:
   JPEGImages/<id>.jpg, ImageSets/Main/val.txt   VOCtrainval_03-May-2010.tar, unpacked in <root>
   trainval/<id>.mat                             trainval.tar.gz (the PASCAL-Context release), unpacked

@@ -1,9 +1,8 @@
 """Miniature copies of the official benchmark downloads, in their raw formats and folder layouts
-(palette / grey / RGB-encoded PNGs, PASCAL-Context .mat files, the ADE20K index pickle, COCO
-instance JSON), for the prepare-script tests. Each writer returns the raw label arrays it wrote so
+(palette / grey / RGB-encoded PNGs, PASCAL-Context .mat files, the ADE20K index pickle), for the
+prepare-script tests. Each writer returns the raw label arrays it wrote so
 that tests can derive the expected output independently of the scripts."""
 import importlib.util
-import json
 import os
 import pickle
 
@@ -134,8 +133,10 @@ def write_ade20k_full(root, sizes=((20, 24), (520, 528)), values=(0, 7, 2978, 31
     return masks
 
 
-def write_pascal_context(root, ids=("2008_000002", "2008_000003"), values=(0, 1, 2, 65, 284, 397, 458, 459)):
-    """VOCdevkit/VOC2010 (JPEGImages, ImageSets/Main/val.txt) and trainval/<id>.mat (LabelMap)."""
+def write_pascal_context(root, ids=("2008_000002", "2010_001606", "2010_006086"),
+                         values=(0, 1, 2, 65, 284, 397, 458, 459)):
+    """VOCdevkit/VOC2010 (JPEGImages, ImageSets/Main/val.txt) and trainval/<id>.mat (LabelMap); the
+    default ids include 2010_001606, the val image the methods' 5104-image list leaves out."""
     import scipy.io
 
     voc = os.path.join(root, "VOCdevkit", "VOC2010")
@@ -150,55 +151,6 @@ def write_pascal_context(root, ids=("2008_000002", "2008_000003"), values=(0, 1,
     with open(os.path.join(voc, "ImageSets", "Main", "val.txt"), "w") as f:
         f.write("\n".join(ids) + "\n")
     return maps
-
-
-def coco_categories():
-    """The 80 COCO 2017 categories as the instance JSON lists them (detectron2's builtin_meta)."""
-    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
-
-    return [{"id": c["id"], "name": c["name"], "supercategory": "x"} for c in COCO_CATEGORIES if c["isthing"]]
-
-
-def rle_uncompressed(mask):
-    """COCO's uncompressed RLE of a binary mask: run lengths in column-major order, zeros first."""
-    flat = mask.flatten(order="F").astype(np.uint8)
-    counts, cur, run = [], 0, 0
-    for v in flat:
-        if v == cur:
-            run += 1
-        else:
-            counts.append(run)
-            cur, run = v, 1
-    counts.append(run)
-    return {"size": list(mask.shape), "counts": counts}
-
-
-def write_coco_instances(root, h=16, w=20):
-    """coco-stuff/annotations/instances_val2017.json + images/val2017: image 1 holds a person
-    (polygon), a crowd of dogs (uncompressed RLE) and a toothbrush on the person (RLE); image 2 holds
-    nothing. Returns (json dict, {file stem: (height, width)})."""
-    coco = os.path.join(root, "coco-stuff")
-    os.makedirs(os.path.join(coco, "annotations"), exist_ok=True)
-    images = [{"id": 139, "file_name": "000000000139.jpg", "height": h, "width": w},
-              {"id": 285, "file_name": "000000000285.jpg", "height": h, "width": w}]
-    for k, im in enumerate(images):
-        _jpeg(os.path.join(coco, "images", "val2017", im["file_name"]), h, w, k)
-    dogs = np.zeros((h, w), np.uint8)
-    dogs[10:16, 0:8] = 1
-    brush = np.zeros((h, w), np.uint8)
-    brush[4:6, 6:9] = 1
-    anns = [
-        {"id": 1, "image_id": 139, "category_id": 1, "iscrowd": 0, "area": 99.0,
-         "segmentation": [[4.0, 2.0, 14.0, 2.0, 14.0, 12.0, 4.0, 12.0]], "bbox": [4, 2, 10, 10]},
-        {"id": 2, "image_id": 139, "category_id": 18, "iscrowd": 1, "area": float(dogs.sum()),
-         "segmentation": rle_uncompressed(dogs), "bbox": [0, 10, 8, 6]},
-        {"id": 3, "image_id": 139, "category_id": 90, "iscrowd": 0, "area": float(brush.sum()),
-         "segmentation": rle_uncompressed(brush), "bbox": [6, 4, 3, 2]},
-    ]
-    data = {"images": images, "annotations": anns, "categories": coco_categories()}
-    with open(os.path.join(coco, "annotations", "instances_val2017.json"), "w") as f:
-        json.dump(data, f)
-    return data, {"dogs": dogs, "brush": brush}
 
 
 def snapshot(root):

@@ -15,7 +15,7 @@ LENGTHS = {
     "openvocab_coco_stuff_171_train": 171, "openvocab_coco_stuff_171_val": 171, "openvocab_ade20k_847_val": 847,
     "openvocab_pcontext_459_val": 459, "openvocab_ade20k_150_val": 150, "openvocab_pcontext_59_val": 59,
     "openvocab_voc_20_val": 20, "voc_21_val": 21, "pcontext_60_val": 60, "coco_object_81_val": 81,
-    "vilseg_voc_unseen_val": 20, "vilseg_pcontext_unseen_val": 59, "vilseg_coco_stuff_unseen_val": 171,
+    "vilseg_voc_unseen_val": 20, "vilseg_pcontext_unseen_val": 59, "vilseg_coco_stuff_unseen_val": 182,
 }
 
 # (index, name) read from the official lists: CAT-Seg / SED / ERR-Seg datasets/{coco,ade847,pc459,ade150,
@@ -33,6 +33,9 @@ OFFICIAL_SAMPLES = {
     "voc_21_val": [(0, "background"), (1, "aeroplane"), (11, "table"), (16, "plant"), (20, "monitor")],
     "pcontext_60_val": [(0, "background"), (1, "airplane"), (40, "plant"), (50, "table"), (59, "wood")],
     "coco_object_81_val": [(0, "background"), (1, "person"), (62, "toilet"), (63, "tv"), (80, "toothbrush")],
+    # SPNet's data/datasets/cocostuff/labels.txt (1-based there), words for ViL-Seg
+    "vilseg_coco_stuff_unseen_val": [(0, "person"), (11, "street sign"), (12, "stop sign"), (90, "hair brush"),
+                                     (91, "banner"), (171, "wall concrete"), (181, "wood")],
 }
 
 
@@ -49,10 +52,11 @@ def test_class_names_match_the_official_lists():
         for i, expected in samples:
             assert names[i] == expected, (name, i)
     # the lists' raw ids: the 16-bit ADE20K full-release ids of CAT-Seg's table, PASCAL-Context's
-    # 59-class subset of the 459 LabelMap values, COCO category ids
+    # 59-class subset of the 459 LabelMap values, stuffthingmaps ids (0-based COCO-Stuff ids)
     assert load_class_list("ade20k_847").raw_ids[:3] == (2978, 312, 2420)
     assert load_class_list("pascal_context_59").raw_ids[:5] == (2, 9, 18, 19, 22)
-    assert load_class_list("coco_object_81").raw_ids[-3:] == (88, 89, 90)
+    assert load_class_list("coco_object_81").raw_ids[-3:] == (87, 88, 89)
+    assert load_class_list("coco_stuff_182").raw_ids == tuple(range(182))
 
 
 def test_per_benchmark_settings():
@@ -74,6 +78,13 @@ def test_per_benchmark_settings():
     assert len(coco.unseen_classes) == 15 and {"wall concrete", "playingfield", "clouds"} <= set(coco.unseen_classes)
     assert set(coco.unseen_classes) <= set(coco.stuff_classes)
     assert MetadataCatalog.get("openvocab_voc_20_val").unseen_classes == []
+    # the CaGNet / SPNet novel ids (0-based COCO-Stuff ids) are ViL-Seg's 15 unseen classes
+    novel = [20, 24, 32, 33, 40, 56, 86, 99, 105, 123, 144, 147, 148, 168, 171]
+    assert sorted(coco.stuff_classes.index(c) for c in coco.unseen_classes) == novel
+    # PASCAL-Context: the methods' 5104-image list is VOC 2010 val without one image; ViL-Seg keeps it
+    for name in ("openvocab_pcontext_459_val", "openvocab_pcontext_59_val", "pcontext_60_val"):
+        assert MetadataCatalog.get(name).excluded_images == ["2010_001606"]
+    assert MetadataCatalog.get("vilseg_pcontext_unseen_val").excluded_images == []
 
 
 def test_resolve_benchmarks():

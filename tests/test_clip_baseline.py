@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 from detectron2.modeling import META_ARCH_REGISTRY
 
-from helpers import REPO, register_tiny_splits, tiny_cfg, train_args
+from helpers import register_tiny_splits, tiny_cfg, train_args
+from known_answer import CLASSES, expected_metrics, register_known_answer, set_known_answer_weights
 from ovss_d2.engine import OVSSTrainer
 
 
@@ -19,15 +20,36 @@ def test_import_registers_the_baseline():
     assert META_ARCH_REGISTRY.get("CLIPDenseBaseline") is not None
 
 
-def test_eval_only_through_train_net(data_root, tmp_path):
+def test_eval_only_through_train_net_gives_the_known_answer(tmp_path):
+    """A baseline whose weights make it segment hand-built colour stripes exactly
+    (tests/known_answer.py): its predictions are the stripes' classes, and train_net's evaluation
+    (test mapper, model, evaluator with the seen / unseen split) reports the metrics counted here
+    from the ground truth, which differs from the stripes in known places."""
     import train_net
+    from PIL import Image
 
-    args = train_args(str(tmp_path), extra=("MODEL.CLIP.FREEZE_IMAGE", "True"))
+    answers, labels = register_known_answer("known_answer_val", str(tmp_path / "data"))
+    extra = ("INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64")
+    cfg = tiny_cfg(str(tmp_path), train="known_answer_val", test="known_answer_val", extra=extra)
+    model = OVSSTrainer.build_model(cfg).eval()
+    set_known_answer_weights(model, value_path=True)
+    for i, answer in enumerate(answers):
+        image = np.array(Image.open(tmp_path / "data" / "images" / f"{i:03d}.png"))
+        with torch.no_grad():
+            out = model([{"image": torch.from_numpy(image).permute(2, 0, 1), "height": 64, "width": 64}])
+        assert np.array_equal(out[0]["sem_seg"].argmax(0).numpy(), answer), i
+    weights = str(tmp_path / "known_answer.pth")
+    torch.save({"model": model.state_dict()}, weights)
+
+    args = train_args(str(tmp_path / "eval"), train="known_answer_val", test="known_answer_val",
+                      extra=extra + ("MODEL.WEIGHTS", weights))
     args.eval_only = True
     res = train_net.main(args)["sem_seg"]
-    for key in ("mIoU", "fwIoU", "mACC", "pACC", "mIoU-seen", "mIoU-unseen", "hIoU", "IoU-blue sky"):
-        assert 0.0 <= res[key] <= 100.0, key
-    assert (tmp_path / "inference" / "tiny_val" / "sem_seg_evaluation.json").is_file()
+    expected = expected_metrics(answers, labels, unseen=[CLASSES.index("ocean blue")])
+    assert 40 < expected["mIoU"] < 90 and expected["IoU-slate grey"] == 0.0  # not a trivial answer
+    for key, value in expected.items():
+        assert res[key] == pytest.approx(value, abs=1e-6), key
+    assert (tmp_path / "eval" / "inference" / "known_answer_val" / "sem_seg_evaluation.json").is_file()
 
 
 def test_prediction_is_cosine_of_dense_and_text_embeddings(data_root, tmp_path):
@@ -74,4 +96,3 @@ def test_empty_vocabulary_is_a_clear_error(data_root, tmp_path):
     model = OVSSTrainer.build_model(tiny_cfg(str(tmp_path)))
     with pytest.raises(ValueError, match="vocabulary is empty"):
         model.set_vocabulary([])
-    assert REPO

@@ -75,15 +75,21 @@ def test_ade20k_150(tmp_path):
     check_twice("prepare_ade20k_150", tmp_path)
 
 
-def test_coco_stuff_171(tmp_path):
+def test_coco_stuff_171_and_182(tmp_path):
     labels = rd.write_coco_stuff(tmp_path, splits=("val2017", "train2017"))
     run("prepare_coco_stuff", tmp_path)
+    ann = tmp_path / "coco-stuff" / "annotations_detectron2"
     # stuffthingmaps ids (0-based, with the 11 unused thing ids): person 0 -> 0, stop sign 12 -> 11,
     # toothbrush 89 -> 79, banner 91 -> 80, wood 181 -> 170; 255 unlabeled
     table = {0: 0, 12: 11, 89: 79, 91: 80, 181: 170}
     for (split, stem), raw in labels.items():
-        _, out = read(tmp_path / "coco-stuff" / "annotations_detectron2" / split / f"{stem}.png")
+        _, out = read(ann / split / f"{stem}.png")
         np.testing.assert_array_equal(out, remap(raw, table, 255))
+        # ViL-Seg's 182 classes (SPNet / CaGNet): the ids themselves, val2017 only
+        if split == "val2017":
+            _, out182 = read(ann / "val2017_182" / f"{stem}.png")
+            np.testing.assert_array_equal(out182, remap(raw, {0: 0, 12: 12, 89: 89, 91: 91, 181: 181}, 255))
+    assert sorted(os.listdir(ann / "val2017_182")) == ["000000000001.png", "000000000002.png", PREPARED_MARKER]
     check_twice("prepare_coco_stuff", tmp_path)
     register_all_benchmarks(str(tmp_path))
     for name in ("openvocab_coco_stuff_171_train", "openvocab_coco_stuff_171_val", "vilseg_coco_stuff_unseen_val"):
@@ -123,7 +129,10 @@ def test_ade20k_847_16bit_and_resize(tmp_path):
 
 
 def test_pascal_context_459_59_60_from_mat(tmp_path):
+    from detectron2.data import DatasetCatalog
+
     maps = rd.write_pascal_context(tmp_path)
+    assert "2010_001606" in maps
     run("prepare_pascal_context", tmp_path)
     ann = tmp_path / "VOCdevkit" / "VOC2010" / "annotations_detectron2"
     # LabelMap values = labels.txt: 1 accordion, 2 aeroplane, 65 cat, 284 person, 397 table,
@@ -140,29 +149,40 @@ def test_pascal_context_459_59_60_from_mat(tmp_path):
         np.testing.assert_array_equal(out60, remap(raw, {2: 1, 65: 15, 284: 37, 397: 50, 458: 59}, 0))
     check_twice("prepare_pascal_context", tmp_path)
     register_all_benchmarks(str(tmp_path))
-    for name in ("openvocab_pcontext_459_val", "openvocab_pcontext_59_val", "pcontext_60_val",
-                 "vilseg_pcontext_unseen_val"):
+    # every val image is converted; the PC-459 / PC-59 / PC-60 splits are the methods' list without
+    # 2010_001606, ViL-Seg's keeps it (its paper and CaGNet's test list: 5105 images)
+    stems = {"openvocab_pcontext_459_val": ["2008_000002", "2010_006086"],
+             "openvocab_pcontext_59_val": ["2008_000002", "2010_006086"],
+             "pcontext_60_val": ["2008_000002", "2010_006086"],
+             "vilseg_pcontext_unseen_val": ["2008_000002", "2010_001606", "2010_006086"]}
+    for name, expected in stems.items():
         verify_sem_seg_dataset(name)
+        dicts = DatasetCatalog.get(name)
+        assert [os.path.basename(d["file_name"]) for d in dicts] == [f"{i}.jpg" for i in expected], name
+        assert [os.path.basename(d["sem_seg_file_name"]) for d in dicts] == [f"{i}.png" for i in expected], name
 
 
-def test_coco_object_from_instances(tmp_path):
-    from pycocotools import mask as mask_utils
-
-    data, masks = rd.write_coco_instances(tmp_path)
+def test_coco_object_from_stuffthingmaps(tmp_path):
+    """As GroupViT's convert_coco_object.py: thing ids -> 1..80, stuff ids and unlabeled -> 0."""
+    labels = rd.write_coco_stuff(tmp_path, values=(0, 12, 56, 89, 91, 150, 181, 255))
     run("prepare_coco_object", tmp_path)
-    out_dir = tmp_path / "coco-stuff" / "annotations_object_detectron2" / "val2017"
-    person = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(data["annotations"][0]["segmentation"],
-                                                                       16, 20))).astype(bool)
-    assert person[5, 8] and not person[0, 0]
-    expected = np.zeros((16, 20), np.int64)  # background 0; person 1, dog 18 -> 17, toothbrush 90 -> 80
-    expected[person] = 1
-    expected[masks["dogs"] == 1] = 17  # the crowd region is smaller than the person: on top
-    expected[masks["brush"] == 1] = 80  # the smallest object wins where it overlaps the person
-    _, out = read(out_dir / "000000000139.png")
-    np.testing.assert_array_equal(out, expected)
-    _, empty = read(out_dir / "000000000285.png")
-    assert (empty == 0).all()  # an image without objects is all background
+    out_dir = tmp_path / "coco-stuff" / "annotations_detectron2" / "val2017_object"
+    # person 0 -> 1, stop sign 12 -> 12 (street sign 11 is not a class), carrot 56 -> 52, toothbrush
+    # 89 -> 80 (GroupViT's table); banner 91, roof 150, wood 181 and unlabeled 255 -> background 0
+    table = {0: 1, 12: 12, 56: 52, 89: 80}
+    for (_, stem), raw in labels.items():
+        mode, out = read(out_dir / f"{stem}.png")
+        assert mode == "L"
+        np.testing.assert_array_equal(out, remap(raw, table, 0))
     check_twice("prepare_coco_object", tmp_path)
+    register_all_benchmarks(str(tmp_path))
+    verify_sem_seg_dataset("coco_object_81_val")
+
+
+def test_coco_object_unknown_label_is_an_error_naming_the_file(tmp_path):
+    rd.write_coco_stuff(tmp_path, values=(0, 25, 255))  # 25 (hat): a COCO thing id never annotated
+    with pytest.raises(PreparationError, match=r"000000000001\.png.*\[25\]"):
+        run("prepare_coco_object", tmp_path)
 
 
 def test_interrupted_run_fails_at_startup_and_resumes(tmp_path, capsys):

@@ -1,7 +1,7 @@
 """The semantic-segmentation mapper shared by the methods: dataset dict -> model input."""
 import copy
 import logging
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -9,7 +9,7 @@ from detectron2.config import configurable
 from detectron2.data import transforms as T
 from detectron2.utils.registry import Registry
 
-from .augmentations import RandomPhotometricDistortion
+from .augmentations import color_aug_ssd
 from .io import read_image_rgb, read_label
 
 logger = logging.getLogger(__name__)
@@ -24,7 +24,10 @@ def build_train_mapper(cfg):
     return DATASET_MAPPER_REGISTRY.get(cfg.INPUT.DATASET_MAPPER_NAME)(cfg, is_train=True)
 
 
-def build_sem_seg_augmentations(cfg, is_train: bool) -> List[T.Augmentation]:
+def build_sem_seg_augmentations(cfg, is_train: bool) -> List[Union[T.Augmentation, T.Transform]]:
+    """Test: shortest-edge resize. Training, in the order of the SED / ERR-Seg / CAT-Seg mappers:
+    shortest-edge resize, crop with a per-category area limit, detectron2's ``ColorAugSSDTransform``
+    (``INPUT.COLOR_AUG_SSD``), flip."""
     if not is_train:
         return [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]
     augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
@@ -33,8 +36,8 @@ def build_sem_seg_augmentations(cfg, is_train: bool) -> List[T.Augmentation]:
         augs.append(T.RandomCrop_CategoryAreaConstraint(
             cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE, cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
             cfg.MODEL.SEM_SEG_IGNORE_VALUE))
-    if cfg.INPUT.COLOR_AUG_SSD:
-        augs.append(RandomPhotometricDistortion())
+    if cfg.INPUT.COLOR_AUG_SSD:  # detectron2's transform, drawn per image; our images are RGB
+        augs.append(color_aug_ssd("RGB"))
     if cfg.INPUT.RANDOM_FLIP != "none":
         augs.append(T.RandomFlip(horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
                                  vertical=cfg.INPUT.RANDOM_FLIP == "vertical"))
@@ -43,8 +46,8 @@ def build_sem_seg_augmentations(cfg, is_train: bool) -> List[T.Augmentation]:
 
 @DATASET_MAPPER_REGISTRY.register()
 class SemSegDatasetMapper:
-    """Reads an image (and its label map in training), applies the augmentations (resize, crop
-    with a per-category area limit, photometric distortion, flip), pads training samples to
+    """Reads an image (and its label map in training), applies the augmentations
+    (:func:`build_sem_seg_augmentations`), pads training samples to
     ``size_divisibility`` (image 128, label ignore) and returns ``image`` (3, H, W) uint8 RGB,
     ``sem_seg`` (H, W) int64 (training), ``height``, ``width``. Label maps of any bit depth are kept
     exact (16-bit for > 255 classes). Shared by every method trained on masks."""

@@ -8,30 +8,38 @@ dataset                            key           N     per-benchmark metadata
 openvocab_coco_stuff_171_train     coco171t      171
 openvocab_coco_stuff_171_val       coco171       171
 openvocab_ade20k_847_val           a847          847   err_seg_crm_test 48, 16-bit labels (65535 ignore)
-openvocab_pcontext_459_val         pc459         459   err_seg_crm_test 48, 16-bit labels (65535 ignore)
+openvocab_pcontext_459_val         pc459         459   err_seg_crm_test 48, 16-bit labels (65535 ignore); 5104 images
 openvocab_ade20k_150_val           a150          150   err_seg_crm_test 32
-openvocab_pcontext_59_val          pc59          59    err_seg_crm_test 24
+openvocab_pcontext_59_val          pc59          59    err_seg_crm_test 24; 5104 images
 openvocab_voc_20_val               pas20         20    err_seg_crm_test 16
 *ZeroSeg's annotation-free protocol* (GroupViT's; class 0 is "background", an evaluated class)
 voc_21_val                         voc21         21    background_threshold 0.95, background_class 0
-pcontext_60_val                    pc60          60    background_threshold 0.05, background_class 0
+pcontext_60_val                    pc60          60    background_threshold 0.05, background_class 0; 5104 images
 coco_object_81_val                 coco81        81    background_threshold 0.35, background_class 0
 *ViL-Seg's unseen-class protocol* (the zero-shot splits of SPNet / CaGNet)
 vilseg_voc_unseen_val              vilseg-voc    20    unseen_classes: 5
-vilseg_pcontext_unseen_val         vilseg-pc     59    unseen_classes: 4
-vilseg_coco_stuff_unseen_val       vilseg-coco   171   unseen_classes: 15
+vilseg_pcontext_unseen_val         vilseg-pc     59    unseen_classes: 4; 5105 images
+vilseg_coco_stuff_unseen_val       vilseg-coco   182   unseen_classes: 15
 =================================  ============  ====  ==============================================
 
-ViL-Seg (ECCV 2022, Sec. 4.1) reports mIoU and pixel accuracy on the unseen classes: potted plant,
-sheep, sofa, train, tv-monitor of the 20 VOC object classes; cow, motorbike, sofa, cat of the 59
-PASCAL-Context classes; 15 COCO-Stuff classes. We evaluate as its compared methods do (generalised
-zero-shot): the vocabulary is the whole class set (VOC 20, Context 59, COCO-Stuff 171 = the 182
-COCO-Stuff ids that occur; background / unlabeled pixels are ignored), the model names every pixel
-with any of those classes, and the evaluator reports ``mIoU-unseen`` and ``pACC-unseen`` (the
-paper's Table 1) next to the all-class ``mIoU`` (its Table 2, where every class counts as unseen).
-The images and labels are those of the open-vocabulary splits (VOC 2012 val 1449, Context val 5105,
-COCO val2017 5000). Since ViL-Seg released no code, its class names are the other lists written
-as words, the paper's spelling ("potted plant", "tv monitor", "wall concrete").
+PASCAL-Context: the methods' 5104-image list (``datasets/pascalcontext_val.txt`` of CAT-Seg, SED and
+ERR-Seg) is VOC 2010's ``ImageSets/Main/val.txt`` (5105) without ``2010_001606``; the PASCAL-Context
+JSON release (``trainval_merged.json``), from which their PC-59 and GroupViT's / mmsegmentation's
+PC-60 labels are made, also holds 5104 val images. The prepare script converts all 5105 .mat
+files; the registered PC-459 / PC-59 / PC-60 splits leave that image out (:data:`PASCAL_CONTEXT_EXCLUDED`),
+ViL-Seg's split keeps it (its paper and CaGNet's test list count 5105).
+
+ViL-Seg (ECCV 2022, Sec. 4.1) reports mIoU and pixel accuracy on the unseen classes of the
+zero-shot segmentation setting of SPNet / CaGNet, which it follows: potted plant, sheep, sofa,
+train, tv-monitor of the 20 VOC object classes; cow, motorbike, sofa, cat of the 59 PASCAL-Context
+classes; 15 COCO-Stuff classes. As in SPNet's and CaGNet's evaluation code (generalised zero-shot)
+the vocabulary is the whole class set and background / unlabeled pixels are ignored: VOC 20
+classes (1,449 val images), Context 59 (5,105), COCO-Stuff 182 (SPNet's and CaGNet's count: the 0-based
+ids 0..181, including the 11 thing ids COCO never annotates; 5,000 val2017 images). The evaluator
+reports ``mIoU-unseen`` and ``pACC-unseen`` (the paper's Table 1) next to the all-class ``mIoU``
+(its Table 2, where every class counts as unseen). ViL-Seg released no code; its class names are
+the lists written as words, the paper's spelling ("potted plant", "tv monitor", "wall concrete").
+Sources and the reasons for each choice: datasets/README.md.
 """
 import os
 from dataclasses import dataclass, field
@@ -59,6 +67,7 @@ class BenchmarkSpec:
     gt_ext: str = ".png"
     unseen_classes: Tuple[str, ...] = ()
     rename: Optional[str] = None  # "words": the ViL-Seg spelling of the class names
+    exclude: Tuple[str, ...] = ()  # image stems of the prepared folders the protocol's list leaves out
     settings: Dict[str, object] = field(default_factory=dict)
 
     def class_names(self) -> List[str]:
@@ -86,6 +95,9 @@ def words(name: str) -> str:
     return _WORDS.get(name, name.replace("-", " "))
 
 
+# VOC 2010 val images that the PC-459 / PC-59 / PC-60 protocols leave out (see the module docstring).
+PASCAL_CONTEXT_EXCLUDED = ("2010_001606",)
+
 _VOC, _PC, _COCO, _ADE = "VOCdevkit/VOC2012", "VOCdevkit/VOC2010", "coco-stuff", "ADE20K_2021_17_01"
 _OV, _ZS, _VS = "open-vocabulary", "zeroseg", "vilseg"
 
@@ -99,13 +111,13 @@ BENCHMARKS: Tuple[BenchmarkSpec, ...] = (
                   ignore_label=65535, settings={"err_seg_crm_test": 48}),
     BenchmarkSpec("openvocab_pcontext_459_val", "pc459", _OV, "pascal_context_459", f"{_PC}/JPEGImages",
                   f"{_PC}/annotations_detectron2/pc459_val", "datasets/prepare_pascal_context.py",
-                  ignore_label=65535, settings={"err_seg_crm_test": 48}),
+                  ignore_label=65535, exclude=PASCAL_CONTEXT_EXCLUDED, settings={"err_seg_crm_test": 48}),
     BenchmarkSpec("openvocab_ade20k_150_val", "a150", _OV, "ade20k_150", "ADEChallengeData2016/images/validation",
                   "ADEChallengeData2016/annotations_detectron2/validation", "datasets/prepare_ade20k_150.py",
                   settings={"err_seg_crm_test": 32}),
     BenchmarkSpec("openvocab_pcontext_59_val", "pc59", _OV, "pascal_context_59", f"{_PC}/JPEGImages",
                   f"{_PC}/annotations_detectron2/pc59_val", "datasets/prepare_pascal_context.py",
-                  settings={"err_seg_crm_test": 24}),
+                  exclude=PASCAL_CONTEXT_EXCLUDED, settings={"err_seg_crm_test": 24}),
     BenchmarkSpec("openvocab_voc_20_val", "pas20", _OV, "voc_20", f"{_VOC}/JPEGImages",
                   f"{_VOC}/annotations_detectron2/voc20_val", "datasets/prepare_voc.py",
                   settings={"err_seg_crm_test": 16}),
@@ -114,9 +126,9 @@ BENCHMARKS: Tuple[BenchmarkSpec, ...] = (
                   settings={"background_threshold": 0.95, "background_class": 0}),
     BenchmarkSpec("pcontext_60_val", "pc60", _ZS, "pascal_context_60", f"{_PC}/JPEGImages",
                   f"{_PC}/annotations_detectron2/pc60_val", "datasets/prepare_pascal_context.py",
-                  settings={"background_threshold": 0.05, "background_class": 0}),
+                  exclude=PASCAL_CONTEXT_EXCLUDED, settings={"background_threshold": 0.05, "background_class": 0}),
     BenchmarkSpec("coco_object_81_val", "coco81", _ZS, "coco_object_81", f"{_COCO}/images/val2017",
-                  f"{_COCO}/annotations_object_detectron2/val2017", "datasets/prepare_coco_object.py",
+                  f"{_COCO}/annotations_detectron2/val2017_object", "datasets/prepare_coco_object.py",
                   settings={"background_threshold": 0.35, "background_class": 0}),
     BenchmarkSpec("vilseg_voc_unseen_val", "vilseg-voc", _VS, "voc_20", f"{_VOC}/JPEGImages",
                   f"{_VOC}/annotations_detectron2/voc20_val", "datasets/prepare_voc.py", rename="words",
@@ -124,8 +136,8 @@ BENCHMARKS: Tuple[BenchmarkSpec, ...] = (
     BenchmarkSpec("vilseg_pcontext_unseen_val", "vilseg-pc", _VS, "pascal_context_59", f"{_PC}/JPEGImages",
                   f"{_PC}/annotations_detectron2/pc59_val", "datasets/prepare_pascal_context.py", rename="words",
                   unseen_classes=("cow", "motorbike", "sofa", "cat")),
-    BenchmarkSpec("vilseg_coco_stuff_unseen_val", "vilseg-coco", _VS, "coco_stuff_171", f"{_COCO}/images/val2017",
-                  f"{_COCO}/annotations_detectron2/val2017", "datasets/prepare_coco_stuff.py", rename="words",
+    BenchmarkSpec("vilseg_coco_stuff_unseen_val", "vilseg-coco", _VS, "coco_stuff_182", f"{_COCO}/images/val2017",
+                  f"{_COCO}/annotations_detectron2/val2017_182", "datasets/prepare_coco_stuff.py", rename="words",
                   unseen_classes=("frisbee", "skateboard", "cardboard", "carrot", "scissors", "suitcase", "giraffe",
                                   "cow", "road", "wall concrete", "tree", "grass", "river", "clouds", "playingfield")),
 )
@@ -170,7 +182,7 @@ def register_benchmark(spec: BenchmarkSpec, root: Optional[str] = None) -> None:
     register_sem_seg_dataset(
         spec.name, os.path.join(root, spec.image_dir), gt_root, spec.class_names(),
         ignore_label=spec.ignore_label, image_ext=spec.image_ext, gt_ext=spec.gt_ext,
-        unseen_classes=list(spec.unseen_classes) or None, prepare_hint=spec.prepare_command(root),
+        unseen_classes=list(spec.unseen_classes) or None, exclude=spec.exclude, prepare_hint=spec.prepare_command(root),
         prepare_marker=os.path.join(gt_root, PREPARED_MARKER), benchmark_key=spec.key, protocol=spec.protocol,
         **spec.settings,
     )

@@ -10,6 +10,8 @@ contiguous ids with these lists; the registered datasets take their ``stuff_clas
 key                    N      names from
 =====================  =====  ==========================================================
 coco_stuff_171         171    CAT-Seg / SED / ERR-Seg ``datasets/coco.json``
+coco_stuff_182         182    the 171 + the 11 never-annotated COCO thing ids, as SPNet / CaGNet count
+                              COCO-Stuff (ViL-Seg's protocol)
 ade20k_150             150    CAT-Seg / SED / ERR-Seg ``datasets/ade150.json``
 ade20k_847             847    CAT-Seg / SED / ERR-Seg ``datasets/ade847.json`` (synonyms)
 pascal_context_459     459    CAT-Seg / SED / ERR-Seg ``datasets/pc459.json``
@@ -17,7 +19,7 @@ pascal_context_59      59     CAT-Seg / SED / ERR-Seg ``datasets/pc59.json``
 voc_20                 20     CAT-Seg / SED / ERR-Seg ``datasets/voc20.json``
 voc_21                 21     GroupViT ``PascalVOCDataset`` (background = 0), used by ZeroSeg
 pascal_context_60      60     GroupViT ``PascalContextDataset`` (background = 0)
-coco_object_81         81     GroupViT ``COCOObjectDataset`` (background = 0)
+coco_object_81         81     GroupViT ``COCOObjectDataset`` (background = 0); raw ids: stuffthingmaps
 =====================  =====  ==========================================================
 
 Names are stored stripped of surrounding spaces (the official ``ade150.json`` writes ``"bed "``;

@@ -7,7 +7,7 @@ is an error naming the file (a wrong or corrupt archive), never a silent ignore.
 The ``convert_*`` functions take a :class:`~.preparation.Item` and write its outputs; they are
 module-level so that the prepare scripts' worker processes can receive them.
 """
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -90,31 +90,6 @@ def ade20k_full_resize_shape(height: int, width: int, max_short: int = 512) -> O
     return None
 
 
-def coco_object_label(height: int, width: int, annotations: Iterable[Dict], category_to_id: Dict[int, int],
-                      background: int = 0) -> np.ndarray:
-    """(H, W) uint8 label map from COCO instance annotations: ``background`` where no object is,
-    else the contiguous id of the object's category. Larger objects are painted first, so a small
-    object lying on a larger one stays visible; crowd regions count as their category."""
-    from pycocotools import mask as mask_utils
-
-    label = np.full((height, width), background, np.uint8)
-    for ann in sorted(annotations, key=lambda a: -float(a.get("area", 0.0))):
-        segm = ann["segmentation"]
-        if isinstance(segm, list):  # polygons
-            if not segm:
-                continue
-            rle = mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
-        elif isinstance(segm.get("counts"), list):  # uncompressed RLE
-            rle = mask_utils.frPyObjects(segm, height, width)
-        else:
-            rle = segm
-        m = mask_utils.decode(rle)
-        if m.shape != (height, width):
-            raise ValueError(f"annotation {ann.get('id')} is {m.shape}, its image is {(height, width)}")
-        label[m.astype(bool)] = category_to_id[ann["category_id"]]
-    return label
-
-
 # ---- conversion functions (one Item each) -------------------------------------------------------
 class RemapLabels:
     """Item ``(label image,) -> outputs``: one LUT per output (e.g. VOC without and with background)."""
@@ -163,14 +138,3 @@ class ConvertADE20KFull:
             mask = cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
         write_jpeg(item.outputs[0], img)
         write_label_png(item.outputs[1], apply_lut(mask, self.lut, np.uint16, item.inputs[1]))
-
-
-class ConvertCocoObject:
-    """Item ``(image,) -> (label.png,)`` with ``payload = (height, width, annotations)``."""
-
-    def __init__(self, category_to_id: Dict[int, int]):
-        self.category_to_id = dict(category_to_id)
-
-    def __call__(self, item: Item) -> None:
-        height, width, anns = item.payload
-        write_label_png(item.outputs[0], coco_object_label(height, width, anns, self.category_to_id))

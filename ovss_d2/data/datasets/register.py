@@ -15,12 +15,15 @@ class DatasetNotReadyError(FileNotFoundError):
 def register_sem_seg_dataset(name: str, image_root: str, gt_root: str, class_names: Sequence[str], *,
                              ignore_label: int = 255, image_ext: str = ".jpg", gt_ext: str = ".png",
                              unseen_classes: Optional[Sequence[str]] = None, evaluator_type: str = "sem_seg",
-                             prepare_hint: str = "", prepare_marker: str = "", **metadata) -> None:
+                             exclude: Sequence[str] = (), prepare_hint: str = "", prepare_marker: str = "",
+                             **metadata) -> None:
     """Register ``name`` with detectron2.
 
     Images ``image_root/<stem><image_ext>`` are paired with labels ``gt_root/<stem><gt_ext>``
     (labels hold contiguous class ids, ``ignore_label`` elsewhere; 16-bit PNG for > 255 classes).
     ``unseen_classes`` (a subset of ``class_names``) makes the evaluator report seen / unseen mIoU.
+    ``exclude``: file stems left out of the split although their label maps are in ``gt_root``
+    (a protocol's image list that omits images of the official release).
     ``prepare_hint`` is the command that prepares the data (shown when it is missing);
     ``prepare_marker`` the completion marker a prepare script writes (``datasets/prepare_*.py``:
     ``<gt_root>/prepared.json``), checked by :func:`verify_sem_seg_dataset`.
@@ -36,13 +39,16 @@ def register_sem_seg_dataset(name: str, image_root: str, gt_root: str, class_nam
             if not os.path.isdir(root):
                 hint = f" Prepare it with: {prepare_hint}" if prepare_hint else " See datasets/README.md."
                 raise FileNotFoundError(f"Dataset {name!r}: directory {root} does not exist.{hint}")
-        return load_sem_seg(gt_root, image_root, gt_ext=gt_ext, image_ext=image_ext)
+        dicts = load_sem_seg(gt_root, image_root, gt_ext=gt_ext, image_ext=image_ext)
+        left_out = set(exclude)
+        return [d for d in dicts if os.path.basename(d["file_name"])[: -len(image_ext)] not in left_out]
 
     DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(
         stuff_classes=names, image_root=image_root, sem_seg_root=gt_root, ignore_label=ignore_label,
         evaluator_type=evaluator_type, unseen_classes=list(unseen_classes or []), image_ext=image_ext,
-        gt_ext=gt_ext, prepare_hint=prepare_hint, prepare_marker=prepare_marker, **metadata,
+        gt_ext=gt_ext, excluded_images=list(exclude), prepare_hint=prepare_hint, prepare_marker=prepare_marker,
+        **metadata,
     )
 
 
