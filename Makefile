@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 setup: $(VENV)/.setup-done
 
-$(VENV)/.setup-done: requirements.txt setup.py tools/install_env.sh tools/detectron2_ops_stub.c
+$(VENV)/.setup-done: requirements.txt requirements-web.txt setup.py tools/install_env.sh tools/detectron2_ops_stub.c tools/detectron2_fixes.py
 	PYTHON=$(PYTHON) VENV=$(VENV) bash tools/install_env.sh
 
 test: setup

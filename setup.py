@@ -21,4 +21,7 @@ setup(
         "tqdm",
         "safetensors",
     ],
+    # demo/app.py (the web demo); tools/install_env.sh installs the verified versions of
+    # requirements-web.txt
+    extras_require={"web": ["gradio>=6,<7"]},
 )

@@ -5,13 +5,16 @@
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS /path/to/model.pth
     python train_net.py --config-file ... --resume          # continue from OUTPUT_DIR/last_checkpoint
 
-Without GPUs, --num-gpus N runs N CPU processes (gloo).
+Without GPUs, --num-gpus N runs N CPU processes (gloo). Flags may come before or after the KEY VALUE
+overrides. --resume skips a corrupt last checkpoint (warning) for the latest intact one. MODEL.WEIGHTS
+must fit the model exactly (MODEL.WEIGHTS_STRICT False to fine-tune from another model's weights).
 """
 import ovss_d2  # noqa: F401  (compat shims + registration; must precede detectron2 imports)
 from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 
 from ovss_d2.engine import OVSSTrainer, launch, setup
+from ovss_d2.utils.cli import parse_args_anywhere
 
 
 def main(args):
@@ -29,7 +32,8 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    # flags may also follow the KEY VALUE overrides (detectron2's parser would read them as overrides)
+    args = parse_args_anywhere(default_argument_parser())
     print("Command Line Args:", args)
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

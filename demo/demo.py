@@ -4,26 +4,35 @@
     python demo/demo.py --config-file configs/toy/sed_toy.yaml --weights output/toy/sed/model_final.pth \\
         --input photos/ clip.mp4 "more/*.jpg" --vocabulary "cat,dog,grass" --output out/
 
-Inputs: files, globs or folders (walked recursively); images (jpg, png, bmp, tif, webp, ...) and
-videos (mp4, avi, mov, mkv, webm). Vocabulary: comma-separated names ("person, people" style
-synonyms go in a text file, one class per line), a text file, or ``dataset:<registered name>``.
+Inputs: files, globs, folders (walked recursively) or ``dataset:<registered dataset>`` (its
+images); images (jpg, png, bmp, tif, webp, ...) and videos (mp4, avi, mov, mkv, webm). Vocabulary:
+comma-separated names, a text file (one class per line; "person, people" style synonyms), or
+``dataset:<registered dataset>`` (its class names).
 
-Per image, under --output (mirroring the input folders):
+Outputs, under --output, named by each input's path relative to the inputs' common folder
+(``photos/a.jpg`` -> ``photos/a``); where two inputs would share a name (``real.png`` and
+``real.mp4``) their extension is kept (``real_png``, ``real_mp4``). Nothing is overwritten within a
+run; the summary lists every renamed input.
+Per image:
     <name>_overlay.png   the image blended with the class colours and a legend of classes present
     <name>_label.png     class ids (uint8; uint16 when the vocabulary has more than 255 classes)
     <name>.json          {"image", "size", "classes", "present": {class: pixel fraction}}
 Per video: <name>_overlay.mp4 at the source frame rate, and <name>.json with per-frame classes.
 
-Unreadable files are reported and skipped; the run ends with a summary and exits 0 when at least
-one input was processed.
+``--limit N`` processes only the first N images and videos. Arguments are checked before the
+model is built; a bad one ends the run with one line naming the fix. Unreadable files are
+reported and skipped; the run ends with a summary and exits 0 when at least one input was
+processed. Flags may also follow ``--opts KEY VALUE ...``.
 """
 import argparse
 import glob
 import json
 import os
 import sys
+import tempfile
 import time
-from typing import List, Tuple
+import warnings
+from typing import Dict, List, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -33,55 +42,114 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from ovss_d2.utils.cli import parse_args_anywhere  # noqa: E402
+from ovss_d2.utils.vocabulary import DATASET_PREFIX, parse_vocabulary  # noqa: E402
+
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+REQUIRED = ("config_file", "input", "output", "vocabulary")
 
 
-def parse_args(argv=None):
+class UsageError(ValueError):
+    """A bad argument, reported as one line before any model is built."""
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True)
+    p.add_argument("--config-file", help="(required) model config, e.g. configs/toy/sed_toy.yaml")
     p.add_argument("--weights", default="", help="model checkpoint (default: the config's MODEL.WEIGHTS)")
-    p.add_argument("--input", nargs="+", required=True, help="files, globs or folders")
-    p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--vocabulary", required=True, help='"a,b,c", a text file (one class per line), or dataset:NAME')
+    p.add_argument("--input", nargs="+", help="(required) files, globs, folders or dataset:NAME")
+    p.add_argument("--output", help="(required) output folder")
+    p.add_argument("--vocabulary", help='(required) "a,b,c", a text file (one class per line), or dataset:NAME')
     p.add_argument("--templates", default="", help="template set name, or templates separated by '|'")
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--mode", choices=["resize", "slide"], default="resize", help="large-image strategy")
     p.add_argument("--max-size", type=int, default=1024, help="long side of the working resolution")
-    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
-    return p.parse_args(argv)
+    p.add_argument("--limit", type=int, default=0, help="only the first N images and videos (0: all)")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
+                   help="config overrides KEY VALUE ...; flags may follow them")
+    return p
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parse_args_anywhere(parser, argv)
+    missing = ["--" + k.replace("_", "-") for k in REQUIRED if not getattr(args, k)]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
+    return args
 
 
 def load_vocabulary(spec: str) -> List[str]:
-    if spec.startswith("dataset:"):
-        from detectron2.data import MetadataCatalog
-
-        return list(MetadataCatalog.get(spec[len("dataset:"):]).stuff_classes)
-    if os.path.isfile(spec):
-        with open(spec, encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip() and not line.startswith("#")]
-    return [c.strip() for c in spec.split(",") if c.strip()]
+    """The class names of --vocabulary (see :func:`ovss_d2.utils.vocabulary.parse_vocabulary`)."""
+    return parse_vocabulary(spec)
 
 
-def collect_inputs(specs: List[str]) -> Tuple[List[Tuple[str, str]], List[Tuple[str, str]]]:
-    """(path, path relative to its input root) of every file; and (spec, reason) for specs that
-    matched nothing."""
+def dataset_images(name: str) -> List[str]:
+    from detectron2.data import DatasetCatalog
+
+    if name not in DatasetCatalog.list():
+        raise UsageError(f"--input {DATASET_PREFIX}{name}: no registered dataset {name!r}.")
+    try:
+        return [d["file_name"] for d in DatasetCatalog.get(name)]
+    except (OSError, ValueError, KeyError) as e:  # e.g. a benchmark not prepared yet: the message says how
+        raise UsageError(f"--input {DATASET_PREFIX}{name}: {e.args[0] if e.args else e}") from None
+
+
+def collect_inputs(specs: List[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """Every input file once (in the order given; folders walked in sorted order), and (spec,
+    reason) for specs that matched nothing."""
     found, missing = [], []
     for spec in specs:
-        if os.path.isdir(spec):
-            for root, _, files in sorted(os.walk(spec)):
-                for f in sorted(files):
-                    path = os.path.join(root, f)
-                    found.append((path, os.path.relpath(path, spec)))
+        if spec.startswith(DATASET_PREFIX):
+            found.extend(dataset_images(spec[len(DATASET_PREFIX):]))
+        elif os.path.isdir(spec):
+            for root, dirs, files in os.walk(spec):
+                dirs.sort()
+                found.extend(os.path.join(root, f) for f in sorted(files))
         elif os.path.isfile(spec):
-            found.append((spec, os.path.basename(spec)))
+            found.append(spec)
         else:
-            matches = sorted(glob.glob(spec, recursive=True))
+            matches = [m for m in sorted(glob.glob(spec, recursive=True)) if os.path.isfile(m)]
             if not matches:
                 missing.append((spec, "no such file, folder or glob match"))
-            found.extend((m, os.path.basename(m)) for m in matches if os.path.isfile(m))
-    return found, missing
+            found.extend(matches)
+    seen, unique = set(), []
+    for path in found:
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            unique.append(path)
+    return unique, missing
+
+
+def output_names(paths: List[str]) -> Dict[str, str]:
+    """Output name (path under --output, no extension) of every input: its path relative to the
+    inputs' common folder without the extension; where names would clash (compared ignoring case,
+    as some file systems do) the extension is kept (``real_png``), then a number is added."""
+    if not paths:
+        return {}
+    absolute = [os.path.abspath(p) for p in paths]
+    root = os.path.commonpath([os.path.dirname(a) for a in absolute])
+    names = {p: os.path.splitext(os.path.relpath(a, root))[0] for p, a in zip(paths, absolute)}
+
+    def clashing():
+        count: Dict[str, int] = {}
+        for n in names.values():
+            count[n.lower()] = count.get(n.lower(), 0) + 1
+        return {p for p, n in names.items() if count[n.lower()] > 1}
+
+    for p in clashing():
+        names[p] += "_" + os.path.splitext(p)[1].lstrip(".").lower()
+    taken = set()
+    for p in paths:  # still clashing (e.g. a.PNG and a.png): number them in input order
+        name, i = names[p], 2
+        while name.lower() in taken:
+            name, i = f"{names[p]}_{i}", i + 1
+        names[p] = name
+        taken.add(name.lower())
+    return names
 
 
 def save_label(label: np.ndarray, num_classes: int, path: str) -> None:
@@ -125,41 +193,100 @@ def process_video(predictor, path: str, out_stem: str) -> int:
     return frames
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    from ovss_d2.data.io import UnreadableImageError, read_image_rgb
-    from ovss_d2.predictor import Predictor
-    from ovss_d2.utils import draw_overlay
+def check_output_folder(path: str) -> None:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"--output {path} is a file, not a folder: give a folder (it is created if needed).")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise UsageError(f"--output {path} cannot be written ({e.strerror or e}): give a writable folder.") from None
 
-    vocabulary = load_vocabulary(args.vocabulary)
+
+def check_arguments(args) -> Tuple[List[str], object, List[str], List[Tuple[str, str]]]:
+    """Everything that can be checked before the model is built: (vocabulary, templates, input
+    files, inputs that matched nothing). Raises :class:`UsageError` naming the fix."""
+    if not os.path.isfile(args.config_file):
+        raise UsageError(f"--config-file {args.config_file} not found: give a config such as configs/toy/sed_toy.yaml.")
+    if args.weights and not os.path.isfile(args.weights):
+        raise UsageError(f"--weights {args.weights} not found: give the checkpoint of a trained model "
+                         "(OUTPUT_DIR/model_final.pth of train_net.py).")
+    if args.batch_size < 1 or args.max_size < 1 or args.limit < 0:
+        raise UsageError("--batch-size and --max-size must be at least 1, --limit at least 0.")
+    if len(args.opts) % 2:
+        raise UsageError(f"--opts takes KEY VALUE pairs; got an odd number of items: {' '.join(args.opts)}.")
+    try:
+        vocabulary = load_vocabulary(args.vocabulary)
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise UsageError(f"--vocabulary: {e.args[0] if e.args else e}") from None
     templates = None
     if args.templates:
+        from ovss_d2.modeling.clip import resolve_templates
+
         templates = args.templates.split("|") if "{}" in args.templates else args.templates
-    predictor = Predictor(args.config_file, args.weights, opts=args.opts, device=args.device, templates=templates,
-                          mode=args.mode, max_size=args.max_size)
-    predictor.set_vocabulary(vocabulary)  # the text encoder runs here, once
+        try:
+            resolve_templates(templates) if isinstance(templates, str) else resolve_templates("", templates)
+        except ValueError as e:
+            raise UsageError(f"--templates: {e}") from None
     inputs, missing = collect_inputs(args.input)
-    skipped = list(missing)
-    done_images, done_frames = 0, 0
+    media = [p for p in inputs if os.path.splitext(p)[1].lower() in IMAGE_EXTS | VIDEO_EXTS]
+    if args.limit:
+        dropped = set(media[args.limit:])
+        inputs = [p for p in inputs if p not in dropped]
+        media = media[:args.limit]
+    if not media:
+        raise UsageError(f"--input {' '.join(args.input)}: no image or video found "
+                         f"(images: {', '.join(sorted(IMAGE_EXTS))}; videos: {', '.join(sorted(VIDEO_EXTS))}).")
+    check_output_folder(args.output)
+    return vocabulary, templates, inputs, missing
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"demo.py: warning: {message}", file=sys.stderr)
+
+
+def build_predictor(args, vocabulary, templates):
+    """The Predictor with the vocabulary embedded (the text encoder runs here, once). A config,
+    checkpoint or CLIP-weights problem found while building is a :class:`UsageError`."""
+    from ovss_d2.predictor import Predictor
+    from ovss_d2.utils import DuplicateClassWarning
+
+    try:
+        predictor = Predictor(args.config_file, args.weights, opts=args.opts, device=args.device,
+                              templates=templates, mode=args.mode, max_size=args.max_size)
+    except (OSError, ValueError, KeyError) as e:
+        raise UsageError(e.args[0] if e.args else str(e)) from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DuplicateClassWarning)  # reported when the vocabulary was read
+        predictor.set_vocabulary(vocabulary)
+    return predictor
+
+
+def run(args, predictor, vocabulary, inputs, skipped) -> int:
+    from ovss_d2.data.io import UnreadableImageError, read_image_rgb
+    from ovss_d2.utils import draw_overlay
+
+    images = [p for p in inputs if os.path.splitext(p)[1].lower() in IMAGE_EXTS]
+    videos = [p for p in inputs if os.path.splitext(p)[1].lower() in VIDEO_EXTS]
+    skipped += [(p, "not an image or video file") for p in inputs if p not in images and p not in videos]
+    names = output_names(images + videos)
+    done_images, done_videos, done_frames = 0, 0, 0
     start = time.perf_counter()
-    images = [(p, r) for p, r in inputs if os.path.splitext(p)[1].lower() in IMAGE_EXTS]
-    videos = [(p, r) for p, r in inputs if os.path.splitext(p)[1].lower() in VIDEO_EXTS]
-    skipped += [(p, "not an image or video file") for p, _ in inputs
-                if os.path.splitext(p)[1].lower() not in IMAGE_EXTS | VIDEO_EXTS]
     bar = tqdm(total=len(images) + len(videos), desc="demo", unit="file")
     for i in range(0, len(images), args.batch_size):
         batch, arrays = [], []
-        for path, rel in images[i:i + args.batch_size]:
+        for path in images[i:i + args.batch_size]:
             try:
                 arrays.append(read_image_rgb(path))
-                batch.append((path, rel))
+                batch.append(path)
             except UnreadableImageError as e:
                 skipped.append((path, str(e)))
                 bar.update(1)
         if not batch:
             continue
-        for (path, rel), image, pred in zip(batch, arrays, predictor.predict_batch(arrays)):
-            stem = os.path.join(args.output, os.path.splitext(rel)[0])
+        for path, image, pred in zip(batch, arrays, predictor.predict_batch(arrays)):
+            stem = os.path.join(args.output, names[path])
             os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
             Image.fromarray(draw_overlay(image, pred.label, vocabulary)).save(stem + "_overlay.png")
             save_label(pred.label, len(vocabulary), stem + "_label.png")
@@ -168,23 +295,41 @@ def main(argv=None) -> int:
                            "present": pred.fractions()}, f, indent=1)
             done_images += 1
             bar.update(1)
-    for path, rel in videos:
-        stem = os.path.join(args.output, os.path.splitext(rel)[0])
+    for path in videos:
+        stem = os.path.join(args.output, names[path])
         os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
         try:
             done_frames += process_video(predictor, path, stem)
+            done_videos += 1
         except OSError as e:
             skipped.append((path, str(e)))
         bar.update(1)
     bar.close()
     elapsed = time.perf_counter() - start
     n = done_images + done_frames
-    print(f"\ndone: {done_images} images, {len(videos) - sum(p in dict(skipped) for p, _ in videos)} videos "
-          f"({done_frames} frames); skipped: {len(skipped)}; "
+    print(f"\ndone: {done_images} images, {done_videos} videos ({done_frames} frames); skipped: {len(skipped)}; "
           f"{1000 * elapsed / max(n, 1):.0f} ms per image/frame; outputs in {args.output}")
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in names]) if names else ""
+    print(f"  output names: input paths relative to {root}, without extension")
+    for path, name in names.items():
+        if name != os.path.splitext(os.path.relpath(os.path.abspath(path), root))[0]:
+            print(f"  renamed {path} -> {os.path.join(args.output, name)}* (another input has its name)")
     for path, reason in skipped:
         print(f"  skipped {path}: {reason}")
     return 0 if n > 0 else 2
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = show_warning
+        try:
+            vocabulary, templates, inputs, missing = check_arguments(args)
+            predictor = build_predictor(args, vocabulary, templates)
+        except UsageError as e:
+            print(f"demo.py: error: {e}", file=sys.stderr)
+            return 2
+        return run(args, predictor, vocabulary, inputs, missing)
 
 
 if __name__ == "__main__":

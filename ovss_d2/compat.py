@@ -9,11 +9,25 @@ code paths untouched.
   with ``comm.create_local_process_group``.
 - v0.6's ``SemSegEvaluator`` uses ``np.int`` (gone from NumPy); we do not patch NumPy: ovss-d2 ships
   its own evaluator (``ovss_d2.evaluation``) and never calls that one.
+- ``tools/install_env.sh`` applies upstream's own fixes for both (``Image.BILINEAR``, builtin
+  ``int``/``float``/``bool``/``str``) to the v0.6 sources it builds, so with that build detectron2
+  works in any import order; the alias above is for builds we did not make.
+- fvcore (``fvcore.nn.focal_loss``) and detectron2 (``modeling/box_regression.py``, upstream too)
+  call ``torch.jit.script`` at import time, which torch now answers with a ``FutureWarning`` on
+  every run; that code is never scripted by ovss-d2, so the warning is silenced for those two
+  imports only.
 """
+import warnings
+
 import PIL.Image
 
 if not hasattr(PIL.Image, "LINEAR"):
     PIL.Image.LINEAR = PIL.Image.BILINEAR
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    import fvcore.nn  # noqa: E402,F401
+    import detectron2.modeling.box_regression  # noqa: E402,F401
 
 import detectron2  # noqa: E402
 from detectron2.utils import comm  # noqa: E402

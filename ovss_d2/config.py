@@ -19,6 +19,12 @@ def add_ovss_config(cfg: CN) -> None:
     # Which towers are trained. Frozen towers get requires_grad=False.
     cfg.MODEL.CLIP.FREEZE_IMAGE = True
     cfg.MODEL.CLIP.FREEZE_TEXT = True
+    # Input normalisation (R, G, B in 0..255 units); empty = the CLIP model's own statistics.
+    cfg.MODEL.CLIP.PIXEL_MEAN = []
+    cfg.MODEL.CLIP.PIXEL_STD = []
+    # Stochastic depth rate and head dropout of a timm (ConvNeXt) image tower; -1 = open_clip's config.
+    cfg.MODEL.CLIP.DROP_PATH_RATE = -1.0
+    cfg.MODEL.CLIP.HEAD_DROPOUT = -1.0
 
     # ---- Text embeddings of the vocabulary ---------------------------------------------------
     cfg.MODEL.TEXT = CN()
@@ -44,6 +50,10 @@ def add_ovss_config(cfg: CN) -> None:
 
     # DDP: set True for models with parameters that some steps do not use.
     cfg.MODEL.FIND_UNUSED_PARAMETERS = False
+    # MODEL.WEIGHTS (and the Predictor's / demo's weights) must set exactly the model's tensors:
+    # a checkpoint of another method or config is an error. False loads what fits and warns (to
+    # fine-tune from another model); the CLIP weights of MODEL.CLIP.PRETRAINED are then loaded too.
+    cfg.MODEL.WEIGHTS_STRICT = True
     # ---- SED ----------------------------------------------------------------------------------
     cfg.MODEL.SED = CN()
     # Every image is resized to this size before the encoder (official: 768 x 768).
@@ -54,6 +64,8 @@ def add_ovss_config(cfg: CN) -> None:
     cfg.MODEL.SED.KERNEL_SIZES = [9, 9, 9]
     cfg.MODEL.SED.NUM_HEADS = 4
     cfg.MODEL.SED.POOLING_SIZE = (2, 2)
+    # Class-attention pooling at inference; empty = POOLING_SIZE (the authors' eval.sh: 1 x 1).
+    cfg.MODEL.SED.TEST_POOLING_SIZE = ()
     # Category early rejection at inference: each layer passes on the union of every pixel's
     # top-k classes (paper: k = 8). 0 disables it.
     cfg.MODEL.SED.EARLY_REJECTION_TOPK = 8
@@ -188,7 +200,8 @@ def add_ovss_config(cfg: CN) -> None:
     cfg.INPUT.FORMAT = "RGB"
     # Training crops that keep no single category above this fraction of the crop (1.0 = off).
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
-    # SSD-style photometric distortion (brightness, contrast, saturation, hue) in training.
+    # detectron2's ColorAugSSDTransform (detectron2.projects.point_rend) in training, as the SED /
+    # ERR-Seg / CAT-Seg mappers: brightness, contrast, saturation, hue +-18 of OpenCV's 0-180 units.
     cfg.INPUT.COLOR_AUG_SSD = False
     # The mapper pads training images (value 128) and labels (ignore) to a multiple of this.
     cfg.INPUT.SIZE_DIVISIBILITY = -1

@@ -12,19 +12,22 @@ most ``max_size``), either whole (``mode="resize"``) or in overlapping windows (
 and the label map is brought back to full size by upsampling the scores a few classes at a time.
 """
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from .checkpoint import OVSSCheckpointer
-from .data.io import read_image_rgb
-from .modeling.clip import resolve_templates, validate_vocabulary
+from .data.io import as_rgb_image
+from .modeling.clip import resolve_templates
 from .utils.visualize import class_fractions
+from .utils.vocabulary import check_vocabulary, deduplicate
 
-ImageLike = Union[str, np.ndarray]
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 
 
 @dataclass
@@ -60,10 +63,13 @@ class Predictor:
 
     Args:
         config: a config file path or a detectron2 CfgNode (with ovss-d2 keys).
-        weights: a checkpoint (ours or an official layout); "" uses the config's MODEL.WEIGHTS, or
-            only the CLIP weights of MODEL.CLIP.PRETRAINED when that is empty too.
+        weights: a checkpoint (ours or an official layout, loaded strictly unless
+            ``MODEL.WEIGHTS_STRICT False``); "" uses the config's MODEL.WEIGHTS, or only the CLIP
+            weights of MODEL.CLIP.PRETRAINED when that is empty too. A checkpoint holds the whole
+            model, so MODEL.CLIP.PRETRAINED need not be available when one is given.
         opts: config overrides ``[KEY, VALUE, ...]``.
-        device: "cpu", "cuda", ... (default: the config's, falling back to the CPU).
+        device: "cpu", "cuda", ... (default: the config's); without CUDA, "cuda" falls back to the
+            CPU with a warning.
         templates: a built-in template set name or a list of templates (default: the config's).
         mode: "resize" (whole image at the working resolution) or "slide" (windows of ``window``
             pixels with 1/3 overlap, plus the whole image, averaged).
@@ -72,32 +78,50 @@ class Predictor:
 
     def __init__(self, config, weights: str = "", opts: Sequence[str] = (), device: Optional[str] = None,
                  templates=None, mode: str = "resize", max_size: int = 1024, window: int = 512):
-        from .engine import OVSSTrainer, load_config
+        from .engine import OVSSTrainer, load_config, resolve_device, skip_initial_clip_weights
 
-        cfg = load_config(config, list(opts)) if isinstance(config, str) else config.clone()
-        cfg.defrost()
-        if device:
-            cfg.MODEL.DEVICE = device
-        cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (), ()
         if mode not in ("resize", "slide"):
             raise ValueError(f"mode must be 'resize' or 'slide', got {mode!r}")
+        if isinstance(config, (str, os.PathLike)):
+            cfg = load_config(os.fspath(config), list(opts))
+        else:
+            cfg = config.clone()
+            cfg.defrost()
+            cfg.merge_from_list(list(opts))
+        if device:
+            cfg.MODEL.DEVICE = device
+        resolve_device(cfg)
+        cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (), ()
+        weights = os.fspath(weights or cfg.MODEL.WEIGHTS)
+        if weights and "://" not in weights and not os.path.isfile(weights):
+            raise FileNotFoundError(f"Weights {weights!r} not found: give the checkpoint of a trained model "
+                                    "(e.g. OUTPUT_DIR/model_final.pth), or '' for the CLIP weights only.")
+        template_list = None
+        if templates is not None:
+            template_list = (resolve_templates(templates) if isinstance(templates, str)
+                             else resolve_templates("", list(templates)))
+        skip_initial_clip_weights(cfg, weights)
         self.cfg, self.mode, self.max_size, self.window = cfg, mode, max_size, window
         self.model = OVSSTrainer.build_model(cfg).eval()
-        weights = weights or cfg.MODEL.WEIGHTS
         if weights:
-            OVSSCheckpointer(self.model).load(weights)
-        if templates is not None:
-            self.model.templates = (resolve_templates(templates) if isinstance(templates, str)
-                                    else resolve_templates("", list(templates)))
+            OVSSCheckpointer(self.model, strict=cfg.MODEL.WEIGHTS_STRICT).load(weights)
+        if template_list is not None:
+            self.model.templates = template_list
         self.class_names: List[str] = []
+        self._positions: Optional[torch.Tensor] = None  # user class -> model class, with duplicates
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
     def set_vocabulary(self, class_names: Sequence[str]) -> None:
-        self.class_names = validate_vocabulary(class_names)
-        self.model.set_vocabulary(self.class_names)
+        """Class names for every later image (a list; see :func:`ovss_d2.utils.check_vocabulary`).
+        A name given twice is segmented once (the model's classes interact, e.g. SED's class
+        attention): its score is repeated and its pixels get its first id."""
+        self.class_names = check_vocabulary(class_names)
+        unique, positions = deduplicate(self.class_names)
+        self._positions = None if len(unique) == len(positions) else torch.tensor(positions)
+        self.model.set_vocabulary(unique)
         self.model.class_embeddings()  # embed now (once; cached for every later image)
 
     def _working_image(self, image: np.ndarray) -> torch.Tensor:
@@ -113,7 +137,8 @@ class Predictor:
     @torch.no_grad()
     def _run(self, images: List[torch.Tensor]) -> List[torch.Tensor]:
         inputs = [{"image": im.to(self.device), "height": im.shape[-2], "width": im.shape[-1]} for im in images]
-        return [o["sem_seg"].float().cpu() for o in self.model(inputs)]
+        scores = [o["sem_seg"].float().cpu() for o in self.model(inputs)]
+        return scores if self._positions is None else [s[self._positions] for s in scores]
 
     def _slide(self, image: torch.Tensor) -> torch.Tensor:
         h, w = image.shape[-2:]
@@ -135,27 +160,23 @@ class Predictor:
 
     def predict_batch(self, images: Sequence[ImageLike],
                       vocabulary: Optional[Sequence[str]] = None) -> List[Prediction]:
-        """Segment several images (paths or RGB arrays) in one model call."""
-        if vocabulary is not None and list(vocabulary) != self.class_names:
+        """Segment several images in one model call (each a path, a PIL image or an (H, W, 3)
+        uint8 RGB array or tensor)."""
+        if vocabulary is not None and (isinstance(vocabulary, str) or not isinstance(vocabulary, Sequence)
+                                       or list(vocabulary) != self.class_names):
             self.set_vocabulary(vocabulary)
         if not self.class_names:
             raise ValueError("No vocabulary: pass one to predict() or call set_vocabulary().")
-        arrays = [read_image_rgb(im) if isinstance(im, str) else _as_rgb(im) for im in images]
+        if isinstance(images, (str, os.PathLike, np.ndarray)) or not isinstance(images, Sequence):
+            raise TypeError("predict_batch() takes a list of images; use predict() for one image.")
+        arrays = [as_rgb_image(im) for im in images]
         work = [self._working_image(a) for a in arrays]
         scores = [self._slide(t) for t in work] if self.mode == "slide" else self._run(work)
         return [Prediction(upsample_argmax(s, a.shape[:2]).numpy().astype(np.int64), s, list(self.class_names))
                 for s, a in zip(scores, arrays)]
 
     def predict(self, image: ImageLike, vocabulary: Optional[Sequence[str]] = None) -> Prediction:
-        """Segment one image (a path or an (H, W, 3) uint8 RGB array)."""
+        """Segment one image: a path (str or ``pathlib.Path``), a PIL image, or an (H, W, 3) uint8
+        RGB NumPy array or torch tensor."""
         return self.predict_batch([image], vocabulary)[0]
 
-
-def _as_rgb(image: np.ndarray) -> np.ndarray:
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(f"Expected an (H, W, 3) RGB image, got shape {image.shape}.")
-    if image.dtype != np.uint8:
-        raise ValueError(f"Expected a uint8 image, got {image.dtype}.")
-    return np.ascontiguousarray(image[..., :3])

@@ -50,6 +50,29 @@ def random_official_state_dict(manifest: str):
     return {k: torch.randn(v, generator=g) if v else torch.randn((), generator=g) for k, v in shapes.items()}
 
 
+def assert_official_checkpoint_is_strict(model, manifest: str, tmp_path, extra_key: str, missing_key: str,
+                                         missing_ours: str):
+    """Loading an official-layout checkpoint (random, from ``manifest``) through the checkpointer:
+    one extra tensor (``extra_key``, which maps to nothing) is an error naming it, and so is a
+    missing one (``missing_key``; the error names our tensor, ``missing_ours``)."""
+    import re
+
+    import pytest
+    import torch
+
+    from ovss_d2.checkpoint import CheckpointMismatchError, OVSSCheckpointer
+    from ovss_d2.modeling.converters import UnmappedKeyError
+
+    official = random_official_state_dict(manifest)
+    torch.save({"model": dict(official, **{extra_key: torch.zeros(3)})}, tmp_path / "extra.pth")
+    with pytest.raises(UnmappedKeyError, match=re.escape(extra_key)):
+        OVSSCheckpointer(model).load(str(tmp_path / "extra.pth"))
+    del official[missing_key]
+    torch.save({"model": official}, tmp_path / "missing.pth")
+    with pytest.raises(CheckpointMismatchError, match=re.escape(missing_ours)):
+        OVSSCheckpointer(model).load(str(tmp_path / "missing.pth"))
+
+
 def make_tiny_dataset(root: str, n: int = 8, size=(48, 64), seed: int = 0, ignore_border: bool = True):
     """n images: a blue-sky top, a green-field bottom and a red square, labels 0..2, and (optional)
     a 2-pixel ignore border. Returns (image_dir, gt_dir)."""

@@ -153,3 +153,47 @@ def test_text_fingerprint_follows_weights():
         clip.model.visual.ln_post.weight.add_(1.0)  # image weights do not change text embeddings
     f2 = clip.text_fingerprint()
     assert clip.text_fingerprint() == f2
+
+
+def test_normalisation_is_the_configured_one_or_clips_own(tmp_path):
+    from helpers import tiny_cfg
+
+    clip = CLIPWrapper("ovss-tiny-convnext", "none")
+    assert clip.pixel_mean == pytest.approx([255 * m for m in open_clip.OPENAI_DATASET_MEAN])
+    assert clip.pixel_std == pytest.approx([255 * s for s in open_clip.OPENAI_DATASET_STD])
+    cfg = tiny_cfg(str(tmp_path), clip="ovss-tiny-convnext")
+    cfg.MODEL.CLIP.PIXEL_MEAN = [123.675, 116.28, 103.53]  # ERR-Seg's configs: ImageNet's
+    cfg.MODEL.CLIP.PIXEL_STD = [58.395, 57.12, 57.375]
+    clip = CLIPWrapper.from_config(cfg)
+    assert clip.pixel_mean == [123.675, 116.28, 103.53] and clip.pixel_std == [58.395, 57.12, 57.375]
+    with pytest.raises(ValueError, match="MODEL.CLIP.PIXEL_STD must hold 3 values"):
+        CLIPWrapper("ovss-tiny-convnext", "none", pixel_std=[1.0, 2.0])
+
+
+def test_image_tower_drop_path_and_head_dropout_are_set_by_config():
+    def stochastic(clip):
+        visual = clip.model.visual
+        return (sorted(m.drop_prob for m in visual.modules() if type(m).__name__ == "DropPath"),
+                [m.p for m in visual.head.modules() if isinstance(m, torch.nn.Dropout)])
+
+    assert stochastic(CLIPWrapper("ovss-tiny-convnext", "none")) == ([], [0.0])  # the config's: none
+    drops, head = stochastic(CLIPWrapper("ovss-tiny-convnext", "none", drop_path=0.2, head_dropout=0.3))
+    assert drops and max(drops) == pytest.approx(0.2) and head == [0.3]  # timm: linear up to the rate
+    with pytest.raises(ValueError, match="timm image towers"):
+        CLIPWrapper("ovss-tiny-vit", "none", drop_path=0.1)
+
+
+@pytest.mark.parametrize("name", ["ovss-tiny-vit", "ovss-tiny-convnext"])
+def test_text_embeddings_with_the_context_cut_equal_open_clips(name):
+    """encode_text runs the causal text transformer only up to the longest prompt's end token."""
+    torch.manual_seed(0)
+    clip = CLIPWrapper(name, "none")
+    tokens = clip.tokenize(["a cat", "a photo of a very large and rather unusual dog in the scene", "x " * 40])
+    assert tokens.argmax(-1).max() == tokens.shape[1] - 1  # the long one fills the context
+    assert torch.allclose(clip.encode_text(tokens), clip.model.encode_text(tokens), atol=1e-5)
+    short = tokens[:2]
+    ours, theirs = clip.encode_text(short), clip.model.encode_text(short)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    g_ours = torch.autograd.grad(ours.square().sum(), clip.model.token_embedding.weight)[0]
+    g_theirs = torch.autograd.grad(theirs.square().sum(), clip.model.token_embedding.weight)[0]
+    assert torch.allclose(g_ours, g_theirs, rtol=1e-4, atol=1e-5 * g_theirs.abs().max().item())

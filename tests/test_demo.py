@@ -76,7 +76,9 @@ def test_vocabulary_sources(tmp_path):
     f.write_text("person, people\n# comment\ncar\n\n")
     assert demo.load_vocabulary(str(f)) == ["person, people", "car"]
     assert demo.load_vocabulary("cat, dog,grass") == ["cat", "dog", "grass"]
-    assert len(demo.load_vocabulary("dataset:toyworld_val")) == 25
+    from detectron2.data import MetadataCatalog
+
+    assert demo.load_vocabulary("dataset:toyworld_val") == list(MetadataCatalog.get("toyworld_val").stuff_classes)
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +125,122 @@ def test_upsample_argmax_equals_full_interpolation():
     scores = torch.randn(19, 7, 9)
     full = torch.nn.functional.interpolate(scores[None], size=(31, 40), mode="bilinear", align_corners=False)[0]
     assert torch.equal(upsample_argmax(scores, (31, 40), classes_per_chunk=4), full.argmax(0))
+
+
+# ---- the demo as a new user meets it ---------------------------------------------------------------
+def _import_demo():
+    sys.path.insert(0, os.path.join(REPO, "demo"))
+    import demo
+
+    return demo
+
+
+@pytest.fixture(scope="module")
+def clashing_inputs(tmp_path_factory):
+    """Two input folders with the same file name, and an image and a video sharing a stem."""
+    root = tmp_path_factory.mktemp("clash")
+    for folder, (h, w) in (("a", (20, 30)), ("b", (26, 22))):
+        (root / folder).mkdir()
+        Image.fromarray(_rgb(h, w, h)).save(root / folder / "000000.png")
+    (root / "c").mkdir()
+    Image.fromarray(_rgb(18, 24, 7)).save(root / "c" / "real.png")
+    writer = cv2.VideoWriter(str(root / "c" / "real.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (32, 24))
+    for i in range(3):
+        writer.write(_rgb(24, 32, 20 + i))
+    writer.release()
+    return root
+
+
+@pytest.fixture(scope="module")
+def clash_run(clashing_inputs, tmp_path_factory):
+    """One CLI run over the clashing inputs, with --opts first (flags after it) and --device cuda."""
+    out = tmp_path_factory.mktemp("clash_out") / "out"
+    root = clashing_inputs
+    cmd = [sys.executable, os.path.join(REPO, "demo", "demo.py"), "--opts", *OPTS,
+           "--config-file", CONFIG, "--input", str(root / "a"), str(root / "b"), str(root / "c"),
+           "--output", str(out), "--vocabulary", "grass,sky,water", "--device", "cuda"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return root, out, proc
+
+
+def test_no_output_is_overwritten(clash_run):
+    root, out, proc = clash_run
+    assert "done: 3 images, 1 videos (3 frames); skipped: 0" in proc.stdout
+    expected = {"a/000000": root / "a" / "000000.png", "b/000000": root / "b" / "000000.png",
+                "c/real_png": root / "c" / "real.png", "c/real_mp4": root / "c" / "real.mp4"}
+    for name, source in expected.items():
+        meta = json.loads((out / f"{name}.json").read_text())
+        assert meta.get("image", meta.get("video")) == str(source)
+    for name in ("a/000000", "b/000000", "c/real_png"):
+        size = Image.open(expected[name]).size
+        assert Image.open(out / f"{name}_label.png").size == size
+    assert (out / "c" / "real_mp4_overlay.mp4").is_file()
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert len(files) == 3 * 3 + 2  # 3 images x (overlay, label, json) + video (overlay, json)
+    assert f"renamed {root / 'c' / 'real.png'} -> {out / 'c' / 'real_png'}*" in proc.stdout
+    assert f"input paths relative to {root}" in proc.stdout
+
+
+def test_flags_after_opts_are_read_as_flags(clash_run):
+    demo = _import_demo()
+    args = demo.parse_args(["--opts", "A", "1", "--config-file", "c.yaml", "--input", "x", "--output", "o",
+                            "--vocabulary", "v", "--opts", "B", "-2"])
+    assert args.config_file == "c.yaml" and args.output == "o" and args.input == ["x"]
+    assert args.opts == ["A", "1", "B", "-2"]
+    assert clash_run[2].returncode == 0  # the CLI run above had --opts first
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_device_cuda_without_gpu_runs_on_the_cpu(clash_run):
+    assert "CUDA is not available: running on the CPU" in clash_run[2].stderr
+
+
+def test_no_futurewarning_on_a_run(clash_run):
+    assert "FutureWarning" not in clash_run[2].stderr and "jit" not in clash_run[2].stderr
+
+
+def test_output_names_are_unique_and_follow_the_common_folder():
+    demo = _import_demo()
+    names = demo.output_names(["x/a/1.png", "x/b/1.png", "x/b/1.mp4", "x/b/1.JPG", "x/b/2.png"])
+    assert names == {"x/a/1.png": "a/1", "x/b/1.png": "b/1_png", "x/b/1.mp4": "b/1_mp4",
+                     "x/b/1.JPG": "b/1_jpg", "x/b/2.png": "b/2"}
+    assert demo.output_names(["p/q.png"]) == {"p/q.png": "q"}
+    assert demo.output_names(["p/q.png", "p/Q.PNG"]) == {"p/q.png": "q_png", "p/Q.PNG": "Q_png_2"}
+
+
+# Each bad argument: exit code 2, one line naming the fix, nothing built. A CLIP name that does not
+# exist makes any model build fail with another message, so these errors come before the model.
+BAD_MODEL = ["MODEL.CLIP.NAME", "no-such-clip"]
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"--vocabulary": "classes.txt"}, "Vocabulary file 'classes.txt' not found"),
+    ({"--vocabulary": "dataset:nope"}, "no registered dataset 'nope'"),
+    ({"--vocabulary": " , "}, "The vocabulary is empty"),
+    ({"--output": "FILE"}, "is a file, not a folder"),
+    ({"--output": "FILE/sub"}, "cannot be written"),
+    ({"--weights": "missing.pth"}, "--weights missing.pth not found"),
+    ({"--input": "nothing_here/*.png"}, "no image or video found"),
+    ({"--templates": "no_such_set"}, "Unknown prompt template set"),
+])
+def test_bad_arguments_fail_first_with_one_line(change, words, folder, tmp_path, capsys):
+    demo = _import_demo()
+    (tmp_path / "file").write_text("x")
+    args = {"--config-file": CONFIG, "--input": str(folder / "good.jpg"), "--output": str(tmp_path / "out"),
+            "--vocabulary": "grass,sky"}
+    args.update({k: v.replace("FILE", str(tmp_path / "file")) for k, v in change.items()})
+    argv = [t for k, v in args.items() for t in (k, v)] + ["--opts", *OPTS, *BAD_MODEL]
+    assert demo.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("demo.py: error: ") and "\n" not in err and words in err, err
+
+
+def test_duplicate_class_warns_once(folder, tmp_path):
+    cmd = [sys.executable, os.path.join(REPO, "demo", "demo.py"), "--config-file", CONFIG, "--input",
+           str(folder / "good.jpg"), "--output", str(tmp_path), "--vocabulary", "grass,sky,Grass", "--opts", *OPTS]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if line.startswith("demo.py: warning:")]
+    assert len(warned) == 1 and "'grass' at positions 0, 2" in warned[0]
+    assert set(json.loads((tmp_path / "good.json").read_text())["present"]) <= {"grass", "sky"}

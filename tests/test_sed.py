@@ -4,11 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import REPO, param_counts, random_official_state_dict, register_tiny_splits, train_args, train_worker
+from helpers import (REPO, assert_official_checkpoint_is_strict, param_counts, random_official_state_dict,
+                     register_tiny_splits, train_args, train_worker)
 from ovss_d2.checkpoint import OVSSCheckpointer
 from ovss_d2.engine import OVSSTrainer, build_optimizer, load_config
-from ovss_d2.modeling.converters import UnmappedKeyError, convert_sed_official
-from ovss_d2.modeling.cost_aggregation import REJECTED_LOGIT, topk_union
+from ovss_d2.modeling.converters import convert_sed_official
+from ovss_d2.modeling.cost_aggregation import REJECTED_LOGIT, ClassLinearAttention, topk_union
+from ovss_d2.modeling.cost_map import cost_map
 from ovss_d2.modeling.losses import one_hot_bce_with_logits
 
 def sed_cfg(name="convnext_base_w_320", extra=()):
@@ -39,12 +41,23 @@ def test_convnext_b_parameter_counts_are_official(sed_b):
     assert param_counts(sed_b) == (180_761_741, 89_598_220)
 
 
-def test_convnext_l_parameter_counts_are_official():
+def test_convnext_l_parameter_counts_are_official_and_its_layout_loads_strictly():
     cfg = load_config(os.path.join(REPO, "configs", "sed", "sed_convnext_l_768.yaml"),
                       ["MODEL.CLIP.PRETRAINED", "none", "MODEL.DEVICE", "cpu", "DATASETS.TRAIN", "()",
                        "DATASETS.TEST", "()"])
     model = OVSSTrainer.build_model(cfg)
     assert param_counts(model) == (353_245_773, 201_243_980)
+    model.load_state_dict(convert_sed_official(random_official_state_dict("sed_convnext_large.json")), strict=True)
+    # the image tower as the authors' open_clip builds ConvNeXt-L: stochastic depth 0.1, head dropout 0.1
+    visual = model.clip.model.visual
+    assert sum(type(m).__name__ == "DropPath" for m in visual.modules()) == 35
+    assert visual.head.mlp.drop1.p == 0.1
+
+
+def test_convnext_b_image_tower_has_no_stochastic_layers(sed_b):
+    """As the authors' open_clip (open_clip 3.3.0's config would add drop path 0.1)."""
+    assert not [m for m in sed_b.clip.modules() if type(m).__name__ == "DropPath" or
+                (isinstance(m, torch.nn.Dropout) and m.p > 0)]
 
 
 def test_official_layout_converts_and_loads_strictly(sed_b, tmp_path):
@@ -65,11 +78,10 @@ def test_official_layout_converts_and_loads_strictly(sed_b, tmp_path):
     assert torch.equal(sed_b.decoder.head.weight, official["sem_seg_head.predictor.transformer.head.weight"])
 
 
-def test_unknown_official_key_is_an_error_naming_it():
-    official = {"sem_seg_head.predictor.transformer.decoder1.cnext.gamma": torch.zeros(3),
-                "sem_seg_head.predictor.transformer.mystery.weight": torch.zeros(3)}
-    with pytest.raises(UnmappedKeyError, match="transformer.mystery.weight"):
-        convert_sed_official(official)
+def test_checkpoint_with_an_extra_or_a_missing_tensor_fails_naming_it(sed_b, tmp_path):
+    assert_official_checkpoint_is_strict(
+        sed_b, "sed_convnext_base.json", tmp_path, "sem_seg_head.predictor.transformer.mystery.weight",
+        "sem_seg_head.predictor.transformer.decoder2.cnext.gamma", "decoder.layers.1.spatial.gamma")
 
 
 def test_topk_union_matches_a_loop():
@@ -109,25 +121,54 @@ def _image(h=37, w=53):
     return torch.randint(0, 255, (3, h, w), dtype=torch.uint8, generator=g)
 
 
-def test_early_rejection_with_large_k_is_exact_and_small_k_rejects(tiny_sed):
+def test_early_rejection_drops_the_classes_no_pixel_ranks_and_decodes_the_rest_alone(tiny_sed):
+    """k = 2 of 12 classes: the kept classes are the union of every pixel's two best classes by the
+    first auxiliary head (a loop over pixels), and their logits equal those of the model run without
+    rejection on a vocabulary of those classes only (in this setting the later layers keep all)."""
     names = [f"class {i}" for i in range(12)]
     tiny_sed.set_vocabulary(names)
-    inputs = [{"image": _image(), "height": 37, "width": 53}]
+    image = _image()
+    x = tiny_sed.resize_to(((image.float() - tiny_sed.pixel_mean) / tiny_sed.pixel_std)[None],
+                           tiny_sed.clip_resolution)
+    dec = tiny_sed.decoder
     with torch.no_grad():
-        tiny_sed.early_rejection_topk = 0
-        plain = tiny_sed(inputs)[0]["sem_seg"]
-        tiny_sed.early_rejection_topk = 12
-        same = tiny_sed(inputs)[0]["sem_seg"]
-        assert torch.equal(plain, same)
-        tiny_sed.early_rejection_topk = 1
-        x = tiny_sed.resize_to(((inputs[0]["image"].float() - tiny_sed.pixel_mean) / tiny_sed.pixel_std)[None],
-                               tiny_sed.clip_resolution)
+        tiny_sed.early_rejection_topk = 2
         out = tiny_sed.predict(x)
-    kept = out["kept"]
-    assert 0 < kept.numel() < 12
-    rejected = [i for i in range(12) if i not in kept.tolist()]
-    assert (out["logits"][:, rejected] == REJECTED_LOGIT).all()
-    assert (out["logits"][:, kept] > REJECTED_LOGIT).all()
+        dense = tiny_sed.clip.dense_embedding(tiny_sed.clip.forward_features(x))
+        cost = cost_map(dense, tiny_sed.class_embeddings())
+        scores = dec.aux_heads[0](dec.cost_embed(cost))[:, 0]  # (N, h, w), one image
+        expected = set()
+        for y in range(scores.shape[1]):
+            for x_ in range(scores.shape[2]):
+                expected |= set(scores[:, y, x_].argsort(descending=True)[:2].tolist())
+        kept = sorted(expected)
+        assert 0 < len(kept) < 12 and out["kept"].tolist() == kept
+        rejected = [c for c in range(12) if c not in kept]
+        assert (out["logits"][:, rejected] == REJECTED_LOGIT).all()
+        tiny_sed.early_rejection_topk = 0
+        tiny_sed.set_vocabulary([names[c] for c in kept])
+        alone = tiny_sed.predict(x)["logits"]
+        assert torch.allclose(out["logits"][:, kept], alone, atol=1e-5)
+        # and k >= N is the plain path
+        tiny_sed.set_vocabulary(names)
+        plain = tiny_sed.predict(x)["logits"]
+        tiny_sed.early_rejection_topk = 12
+        assert torch.equal(tiny_sed.predict(x)["logits"], plain)
+
+
+def test_class_attention_pools_at_the_test_size_at_inference_only():
+    """eval.sh evaluates with 1 x 1 pooling, the model trains with 2 x 2."""
+    torch.manual_seed(0)
+    attn = ClassLinearAttention(16, num_heads=4, pool=(2, 2), test_pool=(1, 1))
+    same_weights = {p: ClassLinearAttention(16, num_heads=4, pool=p) for p in ((2, 2), (1, 1))}
+    for m in same_weights.values():
+        m.load_state_dict(attn.state_dict())
+    x = torch.randn(3 * 5, 16, 8, 8)
+    attn.train()
+    assert torch.equal(attn(x, 5), same_weights[(2, 2)](x, 5))
+    attn.eval()
+    assert torch.equal(attn(x, 5), same_weights[(1, 1)](x, 5))
+    assert not torch.allclose(same_weights[(1, 1)](x, 5), same_weights[(2, 2)](x, 5))
 
 
 def test_odd_sized_image_gives_map_at_original_size(tiny_sed):

@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""Convert an official checkpoint (SED, ...) to ovss-d2's layout.
+"""Convert an official checkpoint (SED, ERR-Seg) to ovss-d2's layout.
 
-    python tools/convert_checkpoint.py official_sed_model.pth output/sed_b_ovss.pth
+    python tools/convert_checkpoint.py official_sed_model.pth output/sed_b_ovss.pth \
+        --config-file configs/sed/sed_convnext_b_768.yaml
 
 The checkpointer converts on the fly as well (MODEL.WEIGHTS may point at the official file);
-converting once saves the work at every load and checks the file against a built model when
-``--config-file`` is given (strict: every key must map, every parameter must be present).
+converting once saves the work at every load. Every official key must map (an unknown one is an
+error naming it); with ``--config-file`` the result is also checked against the built model: every
+model tensor must be set, with its shape.
 """
 import argparse
 import os

@@ -1,5 +1,6 @@
 """Config loading and process set-up shared by train_net.py, the demo and the tools."""
 import logging
+import os
 from typing import Sequence
 
 import torch
@@ -22,8 +23,23 @@ def load_config(config_file: str = "", opts: Sequence[str] = ()) -> CfgNode:
     cfg = get_cfg()
     add_ovss_config(cfg)
     if config_file:
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"Config file {config_file!r} not found: give a path such as "
+                                    "configs/toy/sed_toy.yaml.")
         cfg.merge_from_file(config_file)
+    if len(opts) % 2:
+        raise ValueError(f"Config overrides must be KEY VALUE pairs; got an odd number: {list(opts)}.")
     cfg.merge_from_list(list(opts))
+    return resolve_device(cfg)
+
+
+def resolve_device(cfg: CfgNode) -> CfgNode:
+    """Without CUDA, ``MODEL.DEVICE cuda`` falls back to ``cpu`` with a warning, and fp16 AMP (which
+    needs CUDA) is turned off. Call it again after changing MODEL.DEVICE; returns ``cfg``."""
+    try:
+        torch.device(cfg.MODEL.DEVICE)
+    except RuntimeError:
+        raise ValueError(f"MODEL.DEVICE {cfg.MODEL.DEVICE!r} is not a device: use cpu, cuda or cuda:N.") from None
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu).")
         cfg.MODEL.DEVICE = "cpu"
@@ -31,6 +47,41 @@ def load_config(config_file: str = "", opts: Sequence[str] = ()) -> CfgNode:
             logger.warning("fp16 AMP needs CUDA: training in fp32 (SOLVER.AMP.ENABLED False).")
             cfg.SOLVER.AMP.ENABLED = False
     return cfg
+
+
+def skip_initial_clip_weights(cfg: CfgNode, weights: str) -> CfgNode:
+    """When ``weights`` (a full checkpoint, loaded strictly) will set every model tensor, build CLIP
+    without the initial weights of MODEL.CLIP.PRETRAINED: they would be overwritten, and a trained
+    model must run on a machine without them. What no checkpoint stores is kept: QuickGELU, which
+    an open_clip tag implies, goes to MODEL.CLIP.QUICK_GELU; a local CLIP file that exists is still
+    read (its layout decides QuickGELU). Changes ``cfg`` in place (unfrozen); returns it."""
+    from ..modeling.clip.wrapper import NO_WEIGHTS
+
+    clip = cfg.MODEL.CLIP
+    pretrained = str(clip.PRETRAINED)
+    if not weights or not cfg.MODEL.WEIGHTS_STRICT or pretrained.lower() in NO_WEIGHTS:
+        return cfg
+    if os.path.isfile(os.path.expanduser(pretrained)):
+        return cfg
+    if os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        logger.warning(f"MODEL.CLIP.PRETRAINED {pretrained} does not exist; the CLIP weights come from {weights}. "
+                       f"If that file was an OpenAI-layout checkpoint, set MODEL.CLIP.QUICK_GELU True.")
+    elif pretrained != "toyworld":
+        import open_clip
+
+        tag = open_clip.get_pretrained_cfg(clip.NAME, pretrained)
+        if not tag:
+            return cfg  # not a tag either: the CLIP wrapper reports it
+        clip.QUICK_GELU = bool(clip.QUICK_GELU or tag.get("quick_gelu", False))
+    logger.info(f"CLIP weights from {weights}: MODEL.CLIP.PRETRAINED {pretrained} is not loaded.")
+    clip.PRETRAINED = "none"
+    return cfg
+
+
+def resumes(cfg: CfgNode, resume: bool) -> bool:
+    """Whether ``--resume`` will load OUTPUT_DIR's last checkpoint (there is one) instead of
+    MODEL.WEIGHTS."""
+    return bool(resume) and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
 
 
 def check_datasets(cfg: CfgNode, config_file: str = "", verify_train: bool = True) -> None:
@@ -57,6 +108,11 @@ def setup(args) -> CfgNode:
     (output directory, logging, environment info, seeding)."""
     cfg = load_config(args.config_file, args.opts)
     check_datasets(cfg, args.config_file, verify_train=not getattr(args, "eval_only", False))
+    weights = cfg.MODEL.WEIGHTS
+    if weights and not resumes(cfg, getattr(args, "resume", False)) and "://" not in weights \
+            and not os.path.isfile(weights):
+        raise FileNotFoundError(f"MODEL.WEIGHTS {weights} not found: give the path of a checkpoint "
+                                "(e.g. OUTPUT_DIR/model_final.pth of a training run).")
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=_rank(), name="ovss_d2")

@@ -16,6 +16,7 @@ from ..checkpoint import OVSSCheckpointer
 from ..data import SemSegDatasetMapper, build_test_loader, build_train_loader, build_train_mapper
 from ..evaluation import OpenVocabSemSegEvaluator
 from .optimizer import build_optimizer
+from .setup import resumes, skip_initial_clip_weights
 from .train_loop import OVSSTrainLoop
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ class OVSSTrainer(DefaultTrainer):
         self._trainer = OVSSTrainLoop(model, data_loader, optimizer, amp=cfg.SOLVER.AMP.ENABLED,
                                       amp_dtype=cfg.SOLVER.AMP.DTYPE, seed=cfg.SEED)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = OVSSCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = OVSSCheckpointer(model, cfg.OUTPUT_DIR, strict=cfg.MODEL.WEIGHTS_STRICT,
+                                             trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -103,9 +105,15 @@ class OVSSTrainer(DefaultTrainer):
     @classmethod
     def evaluate(cls, cfg, resume: bool = False):
         """``--eval-only``: build the model, load MODEL.WEIGHTS (or OUTPUT_DIR's last checkpoint with
-        ``resume``), give every process the same weights and evaluate on DATASETS.TEST."""
-        model = cls.build_model(cfg)
-        OVSSCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+        ``resume``), give every process the same weights and evaluate on DATASETS.TEST. A checkpoint
+        holds the whole model, so the initial CLIP weights (MODEL.CLIP.PRETRAINED) are not needed."""
+        weights = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint") if resumes(cfg, resume) else cfg.MODEL.WEIGHTS
+        build_cfg = cfg.clone()
+        build_cfg.defrost()
+        skip_initial_clip_weights(build_cfg, weights).freeze()
+        model = cls.build_model(build_cfg)
+        OVSSCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict=cfg.MODEL.WEIGHTS_STRICT).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=resume)
         return cls.test(cfg, create_ddp_model(model))
 
     # ---- resume --------------------------------------------------------------------------------

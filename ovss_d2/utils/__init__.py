@@ -1,3 +1,4 @@
 from .visualize import class_palette, draw_overlay
+from .vocabulary import DuplicateClassWarning, check_vocabulary, parse_vocabulary
 
-__all__ = ["class_palette", "draw_overlay"]
+__all__ = ["class_palette", "draw_overlay", "DuplicateClassWarning", "check_vocabulary", "parse_vocabulary"]

@@ -1,5 +1,6 @@
 """The CLIP wrapper every method builds on: one open_clip model, its weights from a tag, a local
 file or nowhere, dense visual features per stage, and text embeddings."""
+import copy
 import hashlib
 import logging
 import os
@@ -118,6 +119,33 @@ def _interpolate_pos_embed(pos: torch.Tensor, grid: Sequence[int], new_grid: Seq
     return torch.cat([cls_pos, patch_pos], dim=0)
 
 
+def _normalisation(key: str, values: Optional[Sequence[float]]) -> Optional[List[float]]:
+    """A configured MODEL.CLIP.PIXEL_MEAN / PIXEL_STD: None when unset (empty)."""
+    if values is None or len(values) == 0:
+        return None
+    if len(values) != 3:
+        raise ValueError(f"MODEL.CLIP.{key} must hold 3 values (R, G, B in 0..255 units) or be empty "
+                         f"(the CLIP model's own statistics), got {list(values)}.")
+    return [float(v) for v in values]
+
+
+def _tower_overrides(name: str, drop_path: Optional[float], head_dropout: Optional[float]) -> Dict:
+    """open_clip ``create_model`` keyword arguments replacing the image tower's stochastic depth
+    (``timm_drop_path``) and head dropout (``timm_drop``); none when both are unset (negative)."""
+    import open_clip
+
+    settings = {"timm_drop_path": drop_path, "timm_drop": head_dropout}
+    settings = {k: float(v) for k, v in settings.items() if v is not None and v >= 0}
+    if not settings:
+        return {}
+    vision_cfg = dict(open_clip.get_model_config(name)["vision_cfg"])
+    if "timm_model_name" not in vision_cfg:
+        raise ValueError(f"MODEL.CLIP.DROP_PATH_RATE / HEAD_DROPOUT apply to timm image towers (ConvNeXt); "
+                         f"{name} has none: leave them at -1.")
+    vision_cfg.update(settings)
+    return {"vision_cfg": vision_cfg}
+
+
 class CLIPWrapper(nn.Module):
     """An open_clip CLIP model with dense features.
 
@@ -127,16 +155,23 @@ class CLIPWrapper(nn.Module):
             the network is never touched).
         quick_gelu: build with QuickGELU (forced for OpenAI weights).
         cache_dir: open_clip download cache.
+        pixel_mean, pixel_std: input normalisation in 0..255 units (3 values each); None or empty:
+            the CLIP model's own statistics. (ERR-Seg's configs use ImageNet's.)
+        drop_path, head_dropout: stochastic depth rate of a timm image tower and dropout of its
+            head; None or negative: the open_clip model config's values. (The methods' authors
+            build ConvNeXt-B without drop path; open_clip's config sets 0.1.)
 
     Attributes:
         kind: ``"vit"`` or ``"convnext"``.
         embed_dim: dimension D of the joint image-text space.
         stage_dims: channels of the dense features (ConvNeXt: res2..res5; ViT: [width]).
-        pixel_mean, pixel_std: CLIP's normalisation in 0..255 units (lists of 3).
+        pixel_mean, pixel_std: the input normalisation in 0..255 units (lists of 3).
     """
 
     def __init__(self, name: str, pretrained: str = "none", quick_gelu: bool = False,
-                 cache_dir: Optional[str] = None):
+                 cache_dir: Optional[str] = None, pixel_mean: Optional[Sequence[float]] = None,
+                 pixel_std: Optional[Sequence[float]] = None, drop_path: Optional[float] = None,
+                 head_dropout: Optional[float] = None):
         super().__init__()
         import open_clip
 
@@ -161,7 +196,8 @@ class CLIPWrapper(nn.Module):
                 quick_gelu = quick_gelu or tag_quick_gelu
             state_dict, layout = read_clip_checkpoint(path)
             quick_gelu = quick_gelu or layout == "openai"
-        self.model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
+        self.model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu,
+                                            **_tower_overrides(name, drop_path, head_dropout))
         if state_dict is not None:
             load_clip_state_dict(self.model, state_dict, path)
             logger.info(f"Loaded CLIP {name} weights from {path}")
@@ -175,8 +211,10 @@ class CLIPWrapper(nn.Module):
         pre = getattr(visual, "preprocess_cfg", None) or {}
         mean = pre.get("mean", (0.48145466, 0.4578275, 0.40821073))
         std = pre.get("std", (0.26862954, 0.26130258, 0.27577711))
-        self.pixel_mean = [255.0 * m for m in mean]
-        self.pixel_std = [255.0 * s for s in std]
+        self.pixel_mean = _normalisation("PIXEL_MEAN", pixel_mean) or [255.0 * m for m in mean]
+        self.pixel_std = _normalisation("PIXEL_STD", pixel_std) or [255.0 * s for s in std]
+        if min(self.pixel_std) <= 0:
+            raise ValueError(f"MODEL.CLIP.PIXEL_STD must be positive, got {self.pixel_std}.")
         self.embed_dim = int(self.model.text_projection.shape[-1]) if hasattr(self.model, "text_projection") \
             and self.model.text_projection is not None else int(self.model.visual.output_dim)
 
@@ -202,8 +240,9 @@ class CLIPWrapper(nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> "CLIPWrapper":
-        clip = cls(cfg.MODEL.CLIP.NAME, cfg.MODEL.CLIP.PRETRAINED, cfg.MODEL.CLIP.QUICK_GELU,
-                   cfg.MODEL.CLIP.CACHE_DIR or None)
+        c = cfg.MODEL.CLIP
+        clip = cls(c.NAME, c.PRETRAINED, c.QUICK_GELU, c.CACHE_DIR or None, pixel_mean=c.PIXEL_MEAN,
+                   pixel_std=c.PIXEL_STD, drop_path=c.DROP_PATH_RATE, head_dropout=c.HEAD_DROPOUT)
         clip.set_trainable(image=not cfg.MODEL.CLIP.FREEZE_IMAGE, text=not cfg.MODEL.CLIP.FREEZE_TEXT)
         return clip
 
@@ -243,7 +282,30 @@ class CLIPWrapper(nn.Module):
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """(M, L) token ids -> (M, D) text embeddings (not normalised)."""
         self.text_forward_count += 1
-        return self.model.encode_text(tokens.to(self.model.logit_scale.device))
+        tokens = tokens.to(self.model.logit_scale.device)
+        if not self._causal_argmax_text():
+            return self.model.encode_text(tokens)
+        # Causal attention: the end-of-text token (the largest id, where open_clip pools) never
+        # sees the padding after it, so the context is cut after the longest prompt's end: the
+        # same embeddings, 77 / length times less work.
+        model = self.model
+        n = int(tokens.argmax(dim=-1).max()) + 1
+        tokens = tokens[:, :n]
+        cast_dtype = model.transformer.get_cast_dtype()
+        x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:n].to(cast_dtype)
+        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:n, :n]))
+        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+        if model.text_projection is None:
+            return x
+        return model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
+
+    def _causal_argmax_text(self) -> bool:
+        """Whether the text tower is open_clip's own causal transformer pooled at the end token."""
+        from open_clip.model import CLIP
+
+        model = self.model
+        return (type(model) is CLIP and getattr(model, "text_pool_type", "") == "argmax"
+                and getattr(model, "attn_mask", None) is not None)
 
     # ---- images --------------------------------------------------------------------------------
     def forward_features(self, images: torch.Tensor, last_block: bool = True) -> Dict[str, torch.Tensor]:
@@ -329,20 +391,36 @@ class CLIPWrapper(nn.Module):
         x = visual.trunk.head.norm(visual.trunk.norm_pre(x))
         return visual.head(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
+    def add_stride1_downsample(self) -> nn.Module:
+        """ERR-Seg's stride-1 down-sampling, ``visual.modify_downsample`` as in the authors'
+        open_clip: LayerNorm2d, zero padding of 1, the 2x2 conv at stride 1 (C4 -> C5). A module of
+        its own, initialised from the last stage's down-sampling (the CLIP weights loaded), so that
+        it can be frozen or trained apart from it. ConvNeXt only; idempotent."""
+        visual = self.model.visual
+        if self.kind != "convnext":
+            raise NotImplementedError("The stride-1 down-sampling (ERR-Seg) needs a ConvNeXt CLIP.")
+        if not hasattr(visual, "modify_downsample"):
+            norm, conv = visual.trunk.stages[3].downsample
+            stride1 = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=1,
+                                bias=conv.bias is not None)
+            stride1.load_state_dict(conv.state_dict())
+            visual.modify_downsample = nn.Sequential(copy.deepcopy(norm), nn.ZeroPad2d((1, 1, 1, 1)), stride1)
+            visual.modify_downsample.requires_grad_(conv.weight.requires_grad)
+        return visual.modify_downsample
+
     def dense_embedding_stride16(self, feats: Dict[str, torch.Tensor]) -> torch.Tensor:
         """ERR-Seg's hierarchical semantics: joint-space embeddings at stride 16, (B, D, H/16, W/16).
 
-        res4 goes through the last stage with its down-sampling conv applied at stride 1 (the same
-        weights, the map padded by one pixel and resized back to the res4 grid), then through the
-        CLIP head. ConvNeXt only; adds no parameter."""
-        if self.kind != "convnext":
-            raise NotImplementedError("Stride-16 dense embeddings need a ConvNeXt CLIP.")
-        stage = self.model.visual.trunk.stages[3]
-        norm, conv = stage.downsample[0], stage.downsample[1]
+        res4 goes through :meth:`add_stride1_downsample`'s module, is resized back to the res4 grid
+        (bilinear), then through the last stage's blocks and the CLIP head."""
+        visual = self.model.visual
+        if not hasattr(visual, "modify_downsample"):
+            raise RuntimeError("Stride-16 dense embeddings need the stride-1 down-sampling: call "
+                               "CLIPWrapper.add_stride1_downsample() when building the model (ERR-Seg does).")
         res4 = feats["res4"]
-        x = F.conv2d(F.pad(norm(res4), (1, 1, 1, 1)), conv.weight, conv.bias, stride=1)
-        x = F.interpolate(x, size=res4.shape[-2:], mode="bilinear", align_corners=False)
-        return self._convnext_head(stage.blocks(x))
+        x = F.interpolate(visual.modify_downsample(res4), size=res4.shape[-2:], mode="bilinear",
+                          align_corners=False)
+        return self._convnext_head(visual.trunk.stages[3].blocks(x))
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Global image embeddings (B, D) at any input size (position embeddings interpolated)."""

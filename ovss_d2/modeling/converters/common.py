@@ -21,10 +21,10 @@ def shift_group(template: str, group: int = 1, offset: int = -1) -> Callable[[re
 def rename_keys(state_dict: Dict[str, torch.Tensor], rules: Iterable[Tuple[str, Union[str, Callable]]],
                 layout: str) -> Dict[str, torch.Tensor]:
     """Rename every key by the first matching ``(pattern, replacement)`` rule (``re.fullmatch``; a
-    replacement is a template or a function of the match); a key that no rule matches is an error
-    naming it."""
+    replacement is a template or a function of the match). Keys that no rule matches are an error
+    naming them."""
     compiled = [(re.compile(p), r) for p, r in rules]
-    out = {}
+    out, unmapped = {}, []
     for key, value in state_dict.items():
         for pattern, repl in compiled:
             m = pattern.fullmatch(key)
@@ -32,5 +32,10 @@ def rename_keys(state_dict: Dict[str, torch.Tensor], rules: Iterable[Tuple[str, 
                 out[repl(m) if callable(repl) else m.expand(repl)] = value
                 break
         else:
-            raise UnmappedKeyError(f"Key {key!r} of the {layout} checkpoint maps to no ovss-d2 parameter.")
+            unmapped.append(key)
+    if unmapped:
+        more = f" (+{len(unmapped) - 8} more)" if len(unmapped) > 8 else ""
+        shown = ", ".join(repr(k) for k in unmapped[:8]) + more
+        raise UnmappedKeyError(f"{len(unmapped)} key(s) of the {layout} checkpoint map to no ovss-d2 parameter: "
+                               f"{shown}. Is it a checkpoint of this method, in the authors' released layout?")
     return out

@@ -63,15 +63,17 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: flo
 
 class ClassLinearAttention(nn.Module):
     """Class fusion: at every (pooled) pixel, linear attention across the N classes, then an MLP,
-    both pre-norm residual; the update is computed on a ``pool`` x ``pool`` average-pooled grid
-    and upsampled back (bilinear, corners aligned) as a residual.
+    both pre-norm residual; the update is computed on a ``pool``-average-pooled grid (``test_pool``
+    at inference when given) and upsampled back (bilinear, corners aligned) as a residual.
 
     (B*N, C, H, W) with ``num_classes`` N -> same shape."""
 
-    def __init__(self, dim: int, num_heads: int = 4, pool: Sequence[int] = (2, 2), mlp_ratio: int = 4):
+    def __init__(self, dim: int, num_heads: int = 4, pool: Sequence[int] = (2, 2), mlp_ratio: int = 4,
+                 test_pool: Optional[Sequence[int]] = None):
         super().__init__()
         self.num_heads = num_heads
         self.pool = tuple(pool)
+        self.test_pool = tuple(test_pool) if test_pool else self.pool
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
@@ -82,7 +84,7 @@ class ClassLinearAttention(nn.Module):
     def forward(self, x: torch.Tensor, num_classes: int) -> torch.Tensor:
         bn, c, h, w = x.shape
         b, n = bn // num_classes, num_classes
-        pooled = F.avg_pool2d(x, self.pool)
+        pooled = F.avg_pool2d(x, self.pool if self.training else self.test_pool)
         hp, wp = pooled.shape[-2:]
         t = pooled.view(b, n, c, hp, wp).permute(0, 3, 4, 1, 2).reshape(b * hp * wp, n, c)
         y = self.norm1(t)
@@ -123,10 +125,11 @@ class GradualFusionLayer(nn.Module):
     """
 
     def __init__(self, in_dim: int, out_dim: int, guidance_dim: int, kernel_size: int = 9, num_heads: int = 4,
-                 pool: Sequence[int] = (2, 2), layer_scale_init: float = 1.0):
+                 pool: Sequence[int] = (2, 2), layer_scale_init: float = 1.0,
+                 test_pool: Optional[Sequence[int]] = None):
         super().__init__()
         self.spatial = ConvNeXtBlock(in_dim, kernel_size, layer_scale_init)
-        self.class_attn = ClassLinearAttention(in_dim, num_heads, pool)
+        self.class_attn = ClassLinearAttention(in_dim, num_heads, pool, test_pool=test_pool)
         self.up = nn.ConvTranspose2d(in_dim, in_dim - guidance_dim, kernel_size=2, stride=2)
         self.fuse = DoubleConv(in_dim + guidance_dim, out_dim)
 

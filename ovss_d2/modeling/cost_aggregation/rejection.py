@@ -54,12 +54,19 @@ def crm_scores(cost: torch.Tensor) -> torch.Tensor:
 
 
 def crm_select(cost: torch.Tensor, k: int, gt_classes=None) -> torch.Tensor:
-    """Channel reduction (ERR-Seg CRM): the ``k`` highest-scoring classes of every image, sorted;
-    ground-truth classes (a (B, N) boolean mask) always kept. Returns (B, min(k, N)) indices.
-    Vectorised over the batch and classes."""
+    """Channel reduction (ERR-Seg CRM): the ``k`` highest-scoring classes of every image. In
+    training (``gt_classes``, a (B, N) boolean mask) the authors' rule: the ground-truth classes,
+    then the lowest-id classes among the top-``k`` candidates, the first ``k`` of that list (an image
+    with more than ``k`` ground-truth classes keeps its ``k`` lowest ids). Returns (B, min(k, N))
+    class indices, sorted. Vectorised over the batch and classes."""
     scores = crm_scores(cost)
     n = scores.shape[1]
     k = min(k, n)
-    if gt_classes is not None:  # ground truth first: above every CRM score (max 3 * H * W)
-        scores = scores + gt_classes.float() * (scores.sum(dim=1, keepdim=True) + 1)
-    return scores.topk(k, dim=1).indices.sort(dim=1).values
+    top = scores.topk(k, dim=1).indices
+    if gt_classes is None:
+        return top.sort(dim=1).values
+    ids = torch.arange(n, device=scores.device).expand_as(scores)
+    candidates = torch.zeros_like(gt_classes, dtype=torch.bool).scatter_(1, top, True)
+    # rank: ground truth by id, then the candidates by id, then every other class
+    rank = torch.where(gt_classes, ids, torch.where(candidates, ids + n, ids + 2 * n))
+    return rank.topk(k, dim=1, largest=False).indices.sort(dim=1).values

@@ -9,6 +9,10 @@ import torch.nn.functional as F
 from ..cost_aggregation import ClassFusion, CostEmbedding, SpatialFusion, UpBlock, crm_select, fill_rejected
 from ..fast_paths import chunked_over_classes
 
+# The logit of the classes CRM drops, the authors' value. It matters in training: a ground-truth
+# class dropped because an image has more than K of them costs BCE 100 on each of its pixels.
+DROPPED_LOGIT = -100.0
+
 
 class ERRSegLayer(nn.Module):
     """One aggregator layer: spatial fusion (per class; ``class_chunk`` classes at a time when > 0),
@@ -74,7 +78,7 @@ class ERRSegDecoder(nn.Module):
                 memory, same outputs). 0: all at once.
 
         Returns:
-            ``logits`` (B, N, H/4, W/4), dropped classes at a large negative value; ``kept``
+            ``logits`` (B, N, H/4, W/4), dropped classes at ``DROPPED_LOGIT``; ``kept``
             (B, K) the kept class indices.
         """
         b, _, n = costs[0].shape[:3]
@@ -112,7 +116,7 @@ class ERRSegDecoder(nn.Module):
             x = chunked_over_classes(lambda rows: up(rows, g), x, k, chunk)
         logits = self.head(x).view(b, k, *x.shape[-2:])
         if k < n:
-            logits = fill_rejected(logits, kept, n)
+            logits = fill_rejected(logits, kept, n, DROPPED_LOGIT)
         return {"logits": logits, "kept": kept}
 
 

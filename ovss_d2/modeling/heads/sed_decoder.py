@@ -22,12 +22,13 @@ class SEDDecoder(nn.Module):
         guidance_proj_dims: widths the guidance is reduced to (32, 16, 8).
         kernel_sizes: depth-wise kernels of the spatial blocks (9, 9, 9).
         num_heads, pool: class linear attention heads and pooling (4, 2x2).
+        test_pool: the pooling at inference (the authors' eval.sh: 1x1); None: ``pool``.
     """
 
     def __init__(self, num_templates: int, guidance_dims: Sequence[int], hidden_dim: int = 128,
                  decoder_dims: Sequence[int] = (64, 32, 16), guidance_proj_dims: Sequence[int] = (32, 16, 8),
                  kernel_sizes: Sequence[int] = (9, 9, 9), num_heads: int = 4, pool: Sequence[int] = (2, 2),
-                 cost_kernel: int = 7, layer_scale_init: float = 1.0):
+                 cost_kernel: int = 7, layer_scale_init: float = 1.0, test_pool: Optional[Sequence[int]] = None):
         super().__init__()
         assert len(decoder_dims) == len(guidance_dims) == len(guidance_proj_dims) == len(kernel_sizes)
         self.cost_embed = CostEmbedding(num_templates, hidden_dim, cost_kernel)
@@ -41,7 +42,7 @@ class SEDDecoder(nn.Module):
         dims = [hidden_dim] + list(decoder_dims)
         self.layers = nn.ModuleList(
             GradualFusionLayer(dims[i], dims[i + 1], guidance_proj_dims[i], kernel_sizes[i], num_heads, pool,
-                               layer_scale_init)
+                               layer_scale_init, test_pool)
             for i in range(len(decoder_dims)))
         self.aux_heads = nn.ModuleList(nn.Conv2d(dims[i], 1, 3, padding=1) for i in range(len(decoder_dims)))
         self.head = nn.Conv2d(dims[-1], 1, 3, padding=1)

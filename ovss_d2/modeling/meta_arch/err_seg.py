@@ -20,8 +20,9 @@ from .base import OpenVocabSegmentor
 def err_seg_trainable(name: str) -> bool:
     """The authors' "weight" strategy. Image tower: layer scales (``gamma``) and the weights (not
     biases) of parameters named ``mlp``, ``conv_dw`` or ``down_sampling`` -- a name timm's ConvNeXt
-    never uses (it says ``downsample``), so the down-sampling layers stay frozen, as in the
-    official runs. Text transformer: attention ``in_proj_weight`` and MLP ``c_fc.weight``."""
+    never uses (it says ``downsample``), so the down-sampling layers, the stride-1 one
+    (``modify_downsample``) included, stay frozen, as in the official runs. Text transformer:
+    attention ``in_proj_weight`` and MLP ``c_fc.weight``."""
     if name.startswith("visual."):
         return "gamma" in name or (any(k in name for k in ("mlp", "conv_dw", "down_sampling")) and "weight" in name)
     if "transformer" in name:
@@ -42,6 +43,7 @@ class ERRSeg(OpenVocabSegmentor):
         self.decoder = decoder
         self.clip_resolution, self.test_resolution = tuple(clip_resolution), tuple(test_resolution)
         self.crm_train, self.crm_test = crm_train, crm_test
+        self.clip.add_stride1_downsample()  # HSM's stride-16 branch (visual.modify_downsample)
         if clip_finetune == "weight":
             for n, p in self.clip.model.named_parameters():
                 p.requires_grad_(err_seg_trainable(n))

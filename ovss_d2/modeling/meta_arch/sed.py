@@ -43,6 +43,7 @@ class SED(OpenVocabSegmentor):
             kernel_sizes=sed.KERNEL_SIZES,
             num_heads=sed.NUM_HEADS,
             pool=sed.POOLING_SIZE,
+            test_pool=sed.TEST_POOLING_SIZE or None,
         )
         kwargs["clip_resolution"] = sed.CLIP_RESOLUTION
         kwargs["early_rejection_topk"] = sed.EARLY_REJECTION_TOPK

@@ -1,0 +1,389 @@
+#!/usr/bin/env python
+"""A local web page for open-vocabulary segmentation: upload an image, type any class names, see
+the segmentation, download the label map.
+
+    python demo/app.py --config-file configs/toy/sed_toy.yaml [--weights W] [--port 7860] [--opts KEY VALUE ...]
+
+Open http://127.0.0.1:7860. Without ``--weights`` the page loads the config's MODEL.WEIGHTS, else
+the quickstart's model (output/quickstart/method/model_final.pth, written by ``make quickstart``)
+when it fits the config; with neither it still starts and says on the page how to get a model.
+Inference is ``ovss_d2.predictor.Predictor`` (the Python API and demo/demo.py use the same);
+requests run one at a time and text embeddings are cached across them. Needs the ``web`` extra
+(``pip install -e .[web]``; ``make setup`` installs it). ``tools/web_demo_screenshot.py`` takes
+the README's screenshot of this page.
+"""
+import argparse
+import html
+import logging
+import os
+import re
+import signal
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for _path in (REPO, os.path.join(REPO, "demo")):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local page reports nothing anywhere
+
+import ovss_d2  # noqa: E402,F401  (compat shims before detectron2)
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from ovss_d2.utils.cli import parse_args_anywhere  # noqa: E402
+from ovss_d2.utils.vocabulary import parse_vocabulary  # noqa: E402
+
+logger = logging.getLogger("ovss_d2.web")
+
+QUICKSTART_WEIGHTS = os.path.join(REPO, "output", "quickstart", "method", "model_final.pth")
+GET_A_MODEL = (f"Train one with `make quickstart` (about 10 minutes on 2 CPU cores; it writes "
+               f"`{os.path.relpath(QUICKSTART_WEIGHTS, REPO)}`, which this page loads by default), "
+               "or restart with `--weights path/to/model_final.pth`.")
+NUM_EXAMPLES = 4
+DISPLAY_SIZE = 384  # images smaller than this are shown magnified by an integer factor
+
+
+class InputError(ValueError):
+    """A request the page answers with a message (bad upload, vocabulary, size), not a trace."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", help="(required) model config, e.g. configs/toy/sed_toy.yaml")
+    p.add_argument("--weights", default="", help="model checkpoint (default: MODEL.WEIGHTS, else the quickstart's)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the config's)")
+    p.add_argument("--max-size", type=int, default=1024, help="long side of the working resolution")
+    p.add_argument("--max-megapixels", type=float, default=25.0, help="larger uploads are refused")
+    p.add_argument("--max-upload-mb", type=float, default=50.0, help="larger files are refused")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
+    return p
+
+
+# ---- model -----------------------------------------------------------------------------------------
+def load_predictor(cfg, weights: str = "", quickstart: str = QUICKSTART_WEIGHTS, **predictor_kwargs):
+    """(Predictor, weights loaded, note for the page). Explicit ``weights`` (or MODEL.WEIGHTS) must
+    load; otherwise the quickstart's model is tried, and without a fitting one the page still
+    starts, with the config's CLIP weights (random ones when those are missing too) and a note."""
+    from ovss_d2.predictor import Predictor
+
+    weights = weights or cfg.MODEL.WEIGHTS
+    if weights:
+        return Predictor(cfg, weights, **predictor_kwargs), weights, ""
+    problems = []
+    if os.path.isfile(quickstart):
+        try:
+            return Predictor(cfg, quickstart, **predictor_kwargs), quickstart, ""
+        except (RuntimeError, ValueError, KeyError) as e:  # a checkpoint of another method or model
+            problems.append(f"the quickstart model `{quickstart}` does not fit this config ({_first_line(e)}).")
+    try:
+        predictor = Predictor(cfg, "", **predictor_kwargs)
+        clip = f"the CLIP weights of `MODEL.CLIP.PRETRAINED {cfg.MODEL.CLIP.PRETRAINED}`"
+    except FileNotFoundError as e:  # e.g. MODEL.CLIP.PRETRAINED toyworld before the tiny CLIP is trained
+        problems.append(_first_line(e))
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.CLIP.PRETRAINED = "none"
+        predictor = Predictor(cfg, "", **predictor_kwargs)
+        clip = "random CLIP weights"
+    if any(p.requires_grad for p in predictor.model.parameters()):
+        headline = (f"**No trained model**: this {cfg.MODEL.META_ARCHITECTURE} runs with {clip} and an untrained "
+                    "rest, so its segmentation is meaningless.")
+    elif clip.startswith("random"):
+        headline = "**No CLIP weights**: the model runs with random weights."
+    else:  # a training-free method with its CLIP weights: complete as it is
+        return predictor, "", ""
+    return predictor, "", " ".join([headline, GET_A_MODEL] + [f"(Details: {' '.join(problems)})"] * bool(problems))
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def default_vocabulary(cfg) -> List[str]:
+    """The class names of the config's first test dataset (toy configs: ``toyworld_val``)."""
+    from detectron2.data import MetadataCatalog
+
+    for name in cfg.DATASETS.TEST:
+        names = getattr(MetadataCatalog.get(name), "stuff_classes", None)
+        if names:
+            return list(names)
+    return []
+
+
+def toyworld_examples(folder: str, n: int = NUM_EXAMPLES) -> List[str]:
+    """The first ``n`` ToyWorld val scenes, rendered by the current ToyWorld generator, as PNGs."""
+    from ovss_d2.data.toyworld import render_scene
+
+    paths = []
+    for i in range(n):
+        path = os.path.join(folder, f"toyworld_val_{i:06d}.png")
+        Image.fromarray(render_scene("val", i)["image"]).save(path)
+        paths.append(path)
+    return paths
+
+
+# ---- one request -----------------------------------------------------------------------------------
+def vocabulary_from_text(text: str) -> Tuple[List[str], List[str]]:
+    """(class names, warnings) from the class box, by the demo's rules (ovss_d2.utils.vocabulary):
+    one line of comma-separated names, several lines of one class each (a line may hold synonyms,
+    ``person, people``), or ``dataset:NAME``. Never reads a file of the server."""
+    text = (text or "").strip()
+    if not re.sub(r"[\s,]", "", text):
+        raise InputError("The class list is empty: type the classes to find, separated by commas "
+                         "(e.g. `grass, sky, red circle`), or one per line with synonyms (`person, people`).")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if "\n" in text:  # the rules of a vocabulary file: one class per line, # comments
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = os.path.join(tmp, "classes.txt")
+                    with open(path, "w", encoding="utf-8") as f:
+                        f.write(text + "\n")
+                    names = parse_vocabulary(path)
+            elif os.path.exists(text):
+                raise InputError(f"`{text}` names a file or folder on the server, which this page does not "
+                                 "read: type the class names themselves (end a single name with a comma).")
+            else:
+                names = parse_vocabulary(text)
+        except (ValueError, KeyError, OSError, TypeError) as e:
+            raise InputError(str(e).strip("'\"")) from None
+    return names, [str(w.message) for w in caught]
+
+
+def read_upload(path: Optional[str], max_pixels: float) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an uploaded file, or an :class:`InputError` saying what is wrong."""
+    from ovss_d2.data.io import UnreadableImageError, read_image_rgb
+
+    if not path:
+        raise InputError("No image: upload one (or pick an example), then press Segment.")
+    name = os.path.basename(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+    except Image.DecompressionBombError:
+        w = h = int(max_pixels) + 1
+    except Exception:  # noqa: BLE001 - not an image: read_image_rgb below says so
+        w = h = 0
+    if w * h > max_pixels:
+        raise InputError(f"`{name}` is too large ({w}x{h}, {w * h / 1e6:.1f} megapixels; this page takes up to "
+                         f"{max_pixels / 1e6:g}): resize it, or restart the app with a larger --max-megapixels.")
+    try:
+        return read_image_rgb(path)
+    except UnreadableImageError as e:
+        # the decoder's words, without the server's temporary path
+        reason = re.sub(r"\s*<_io\.\w+ name=[^>]*>", "", str(e).split(": ", 1)[-1].replace(path, name))
+        raise InputError(f"`{name}` cannot be read as an image ({reason}): upload a PNG, JPEG, BMP, TIFF or "
+                         "WebP file.") from None
+
+
+def _magnify(array: np.ndarray, k: int) -> np.ndarray:
+    return np.repeat(np.repeat(array, k, axis=0), k, axis=1)
+
+
+def legend_html(fractions: Dict[str, float], class_names: Sequence[str], palette: np.ndarray) -> str:
+    """The classes present (largest first) with their overlay colours."""
+    items = []
+    for name, frac in fractions.items():
+        r, g, b = (int(c) for c in palette[list(class_names).index(name)])
+        items.append(f'<span class="legend-item"><span class="legend-swatch" style="background:rgb({r},{g},{b})">'
+                     f'</span><span class="legend-name">{html.escape(name)}</span> '
+                     f'<span class="legend-share">{frac:.1%}</span></span>')
+    return f'<div class="legend">{"".join(items)}</div>'
+
+
+def shares_html(rows: Sequence[Tuple[str, int, float]]) -> str:
+    """Class, pixels and share (%) of each class present."""
+    body = "".join(f"<tr><td>{html.escape(n)}</td><td>{c}</td><td>{s:.2f}</td></tr>" for n, c, s in rows)
+    head = ("<caption>Pixel share per class</caption>"
+            "<thead><tr><th>class</th><th>pixels</th><th>share (%)</th></tr></thead>")
+    return f'<div class="shares"><table>{head}<tbody>{body}</tbody></table></div>'
+
+
+@dataclass
+class Answer:
+    """What the page shows for one request (only ``status`` when the request was refused)."""
+    status: str
+    overlay: Optional[np.ndarray] = None
+    rows: List[Tuple[str, int, float]] = field(default_factory=list)  # (class, pixels, share %), largest first
+    legend: str = ""
+    label_path: Optional[str] = None
+
+    def outputs(self) -> tuple:
+        return self.overlay, self.legend, shares_html(self.rows) if self.rows else "", self.label_path, self.status
+
+
+class WebDemo:
+    """The page's state: one Predictor (its model caches text embeddings across requests)."""
+
+    def __init__(self, predictor, *, title: str, max_pixels: float, workdir: str, default_classes: Sequence[str] = (),
+                 examples: Sequence[str] = (), note: str = ""):
+        self.predictor, self.title, self.max_pixels, self.workdir = predictor, title, max_pixels, workdir
+        self.default_classes, self.examples, self.note = list(default_classes), list(examples), note
+
+    def segment(self, path: Optional[str], text: str, progress=None) -> Answer:
+        """An uploaded file and the class box's text -> what the page shows."""
+        from demo import save_label
+        from ovss_d2.utils import class_palette, draw_overlay
+
+        if progress is None:  # (not `or`: a gr.Progress without iterables is falsy)
+            progress = lambda *a, **k: None  # noqa: E731
+        start = time.perf_counter()
+        try:
+            progress(0.0, desc="Reading the image")
+            image = read_upload(path, self.max_pixels)
+            names, notes = vocabulary_from_text(text)
+            if names != self.predictor.class_names:
+                progress(0.2, desc=f"Embedding {len(names)} class names (once per vocabulary)")
+                self.predictor.set_vocabulary(names)
+            progress(0.4, desc=f"Segmenting {image.shape[1]}x{image.shape[0]} on {self.predictor.device.type}")
+            pred = self.predictor.predict(image, names)
+        except InputError as e:
+            return Answer(f"**Error:** {e}")
+        except Exception as e:  # noqa: BLE001 - the page shows one line; the server log has the trace
+            logger.error("request failed:\n%s", traceback.format_exc())
+            return Answer(f"**Error:** internal error ({type(e).__name__}: {_first_line(e)}); the server log has "
+                          "the details.")
+        progress(0.9, desc="Drawing")
+        palette = class_palette(len(names))
+        k = max(1, DISPLAY_SIZE // max(image.shape[:2]))  # small images: magnified for the eye, ids kept
+        shown, shown_label = (image, pred.label) if k == 1 else (_magnify(image, k), _magnify(pred.label, k))
+        fractions = pred.fractions()
+        counts = np.bincount(pred.label.reshape(-1), minlength=len(names))
+        label_path = os.path.join(tempfile.mkdtemp(dir=self.workdir),
+                                  os.path.splitext(os.path.basename(path))[0] + "_label.png")
+        save_label(pred.label, len(names), label_path)
+        status = (f"**Done:** {len(fractions)} of {len(names)} classes found in the {image.shape[1]}x{image.shape[0]} "
+                  f"image ({time.perf_counter() - start:.2f} s).")
+        return Answer(status + "".join(f"\n\n**Warning:** {n}" for n in notes),
+                      overlay=draw_overlay(shown, shown_label, names, palette=palette),
+                      rows=[(n, int(counts[names.index(n)]), 100 * f) for n, f in fractions.items()],
+                      legend=legend_html(fractions, names, palette), label_path=label_path)
+
+    def preview(self, path: Optional[str]):
+        """The uploaded image as read, or a message."""
+        if not path:
+            return None, ""
+        try:
+            return read_upload(path, self.max_pixels), ""
+        except InputError as e:
+            return None, f"**Error:** {e}"
+
+
+CSS = """
+.legend {display: flex; flex-wrap: wrap; gap: 6px 14px; padding: 6px 2px;}
+.legend-item {display: inline-flex; align-items: center; gap: 6px;}
+.legend-swatch {display: inline-block; width: 14px; height: 14px; border-radius: 3px; border: 1px solid #0003;}
+.legend-share {color: #666;}
+.shares {max-height: 320px; overflow-y: auto;}
+.shares table {width: 100%; border-collapse: collapse;}
+.shares caption {text-align: left; padding: 4px 0; color: var(--block-label-text-color, #666);}
+.shares th {position: sticky; top: 0; background: var(--block-background-fill, #fff); text-align: left;}
+.shares th, .shares td {padding: 3px 8px; border-bottom: 1px solid #8883;}
+.shares td:nth-child(n+2), .shares th:nth-child(n+2) {text-align: right;}
+"""
+
+
+def build_blocks(app: WebDemo):
+    """The page."""
+    import gradio as gr
+
+    def segment(path, text, progress=gr.Progress()):  # Gradio fills in `progress` (a bar on the outputs)
+        return app.segment(path, text, progress).outputs()
+
+    # delete_cache: uploads and results older than an hour leave Gradio's cache
+    with gr.Blocks(title="ovss-d2 web demo", analytics_enabled=False, delete_cache=(1800, 3600)) as blocks:
+        gr.Markdown(f"## ovss-d2: open-vocabulary segmentation\n{app.title}", elem_id="model")
+        if app.note:
+            gr.Markdown(app.note, elem_id="note")
+        with gr.Row():
+            with gr.Column(scale=2):
+                upload = gr.File(label="Image (PNG, JPEG, ...)", file_types=["image"], type="filepath", height=120,
+                                 elem_id="upload")
+                preview = gr.Image(label="Uploaded image", interactive=False, height=200, elem_id="preview")
+                classes = gr.Textbox(
+                    label="Class names", value=", ".join(app.default_classes), lines=3, max_lines=8,
+                    elem_id="classes", info="Comma-separated (grass, sky, red circle), or one class per line with "
+                                            "synonyms (person, people), or dataset:NAME.")
+                run = gr.Button("Segment", variant="primary", elem_id="segment")
+                if app.examples:
+                    gallery = gr.Gallery(app.examples, label="Examples: ToyWorld val scenes (click one)", columns=4,
+                                         height=130, allow_preview=False, object_fit="contain", format="png",
+                                         buttons=[], elem_id="examples")
+
+                    def pick(evt: gr.SelectData):  # Gradio passes the clicked example
+                        return app.examples[evt.index]
+
+                    gallery.select(pick, outputs=upload)
+            with gr.Column(scale=3):
+                status = gr.Markdown(elem_id="status")
+                outputs = [
+                    gr.Image(label="Overlay", interactive=False, format="png", elem_id="overlay"),
+                    gr.HTML(elem_id="legend"),
+                    gr.HTML(elem_id="shares"),
+                    gr.File(label="Label map (PNG of class ids, the image's size)", height=80, elem_id="label-map"),
+                    status,
+                ]
+        upload.change(app.preview, inputs=upload, outputs=[preview, status])
+        run.click(segment, inputs=[upload, classes], outputs=outputs)
+    return blocks
+
+
+def model_title(cfg, config_file: str, weights: str) -> str:
+    inside = weights and os.path.abspath(weights).startswith(REPO + os.sep)
+    shown = os.path.relpath(weights, REPO) if inside else weights
+    return (f"**Method** {cfg.MODEL.META_ARCHITECTURE} · **config** `{config_file}` · **weights** "
+            f"`{shown or 'none (see below)'}` · **CLIP** {cfg.MODEL.CLIP.NAME} · **device** {cfg.MODEL.DEVICE}")
+
+
+def create_app(args, workdir: str) -> WebDemo:
+    from ovss_d2.engine import load_config
+
+    cfg = load_config(args.config_file, args.opts)
+    predictor, weights, note = load_predictor(cfg, args.weights, device=args.device, max_size=args.max_size)
+    examples = toyworld_examples(workdir)
+    return WebDemo(predictor, title=model_title(predictor.cfg, args.config_file, weights),
+                   max_pixels=args.max_megapixels * 1e6, workdir=workdir, default_classes=default_vocabulary(cfg),
+                   examples=examples, note=note)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parse_args_anywhere(parser, argv)  # flags may follow --opts
+    if not args.config_file:
+        parser.error("the following arguments are required: --config-file")
+    try:
+        import gradio
+    except ImportError:
+        gradio = None
+    if gradio is None or int(gradio.__version__.split(".")[0]) < 6:
+        print("demo/app.py needs Gradio 6: pip install -e .[web] (make setup installs it).", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="ovss_web_") as workdir:
+        try:
+            app = create_app(args, workdir)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:  # config, weights, device
+            print(f"demo/app.py: {_first_line(e)}", file=sys.stderr)
+            return 2
+        logging.basicConfig(level=logging.WARNING, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
+        logger.setLevel(logging.INFO)
+        # SIGTERM ends the server as Ctrl-C does, so the temporary folder is removed
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        blocks = build_blocks(app)
+        blocks.queue(default_concurrency_limit=1)  # one Predictor: requests take turns
+        blocks.launch(server_name=args.host, server_port=args.port, max_file_size=int(args.max_upload_mb * 2**20),
+                      allowed_paths=[workdir], css=CSS, footer_links=[], quiet=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

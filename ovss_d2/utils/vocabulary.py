@@ -1,0 +1,106 @@
+"""Vocabularies as users give them (a list, "a,b,c", a text file, ``dataset:NAME``): parsed and
+checked, with errors that name the fix and a warning for duplicated names."""
+import os
+import re
+import warnings
+from typing import List, Sequence, Tuple
+
+DATASET_PREFIX = "dataset:"
+# A --vocabulary value without a comma that ends like this is meant as a file.
+FILE_SUFFIXES = (".txt", ".csv", ".tsv", ".json", ".yaml", ".yml", ".names", ".lst", ".list", ".labels", ".vocab")
+
+
+class DuplicateClassWarning(UserWarning):
+    """The vocabulary names a class twice: its pixels all go to the first occurrence."""
+
+
+def dataset_vocabulary(name: str) -> List[str]:
+    """The ``stuff_classes`` of a registered dataset."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    registered = DatasetCatalog.list()
+    if name not in registered:
+        named = sorted(d for d in registered if getattr(MetadataCatalog.get(d), "stuff_classes", None))
+        raise KeyError(f"dataset:{name}: no registered dataset {name!r}. Datasets with class names: "
+                       f"{', '.join(named) or 'none'} (register yours with ovss_d2.data.register_sem_seg_dataset).")
+    names = getattr(MetadataCatalog.get(name), "stuff_classes", None)
+    if not names:
+        raise ValueError(f"dataset:{name} has no class names (no 'stuff_classes' in its metadata): give the "
+                         "names as 'a,b,c' or a text file instead.")
+    return list(names)
+
+
+def read_vocabulary_file(path: str) -> List[str]:
+    """One class per line (a line may hold synonyms, ``person, people``); blank lines and ``#``
+    comments are skipped."""
+    with open(path, encoding="utf-8") as f:
+        names = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    if not names:
+        raise ValueError(f"Vocabulary file {path} holds no class name: write one class per line.")
+    return names
+
+
+def parse_vocabulary(spec: str) -> List[str]:
+    """``"a,b,c"``, a text file (one class per line) or ``dataset:<registered dataset>`` -> class
+    names, checked by :func:`check_vocabulary`. A value that looks like a file name but is no file
+    is an error (it would otherwise become one class named after the path)."""
+    spec = spec.strip()
+    if spec.startswith(DATASET_PREFIX):
+        return check_vocabulary(dataset_vocabulary(spec[len(DATASET_PREFIX):].strip()))
+    if os.path.isfile(spec):
+        return check_vocabulary(read_vocabulary_file(spec))
+    if os.path.isdir(spec):
+        raise IsADirectoryError(f"Vocabulary {spec!r} is a folder: give a text file (one class per line) or "
+                                "comma-separated class names.")
+    if "," not in spec and (os.sep in spec or "/" in spec or spec.lower().endswith(FILE_SUFFIXES)):
+        raise FileNotFoundError(f"Vocabulary file {spec!r} not found: give an existing file (one class per line) "
+                                "or comma-separated class names such as 'cat,dog,grass'.")
+    return check_vocabulary([c.strip() for c in spec.split(",") if c.strip()])
+
+
+def _key(name: str) -> str:
+    # CLIP's tokenizer lowercases and collapses whitespace: these names embed identically
+    return re.sub(r"\s+", " ", name.strip().lower())
+
+
+def deduplicate(class_names: Sequence[str]) -> Tuple[List[str], List[int]]:
+    """(the names without repeats, first spelling kept; for each given name, the index of its
+    unique name). Case and spacing are ignored, as CLIP's tokenizer ignores them."""
+    unique, index, positions = [], {}, []
+    for name in class_names:
+        key = _key(name)
+        if key not in index:
+            index[key] = len(unique)
+            unique.append(name)
+        positions.append(index[key])
+    return unique, positions
+
+
+def check_vocabulary(class_names: Sequence[str]) -> List[str]:
+    """The class names as a list, refusing what cannot be meant (a single string, an empty list, an
+    empty or non-string name) and warning (:class:`DuplicateClassWarning`) about names that
+    occur twice (case and spacing ignored). The order, duplicates included, is kept: class ids
+    are positions in the list the user gave (the Predictor segments each class once, see
+    :func:`deduplicate`)."""
+    if isinstance(class_names, str):
+        split = [c.strip() for c in class_names.split(",") if c.strip()]
+        raise TypeError(f"The vocabulary must be a list of class names, got the string {class_names!r}: "
+                        f"pass {split!r}.")
+    try:
+        names = list(class_names)
+    except TypeError:
+        raise TypeError(f"The vocabulary must be a list of class names, got {type(class_names).__name__}.") from None
+    if not names:
+        raise ValueError("The vocabulary is empty: give at least one class name (e.g. 'cat,dog', a text file "
+                         "with one class per line, or dataset:<registered dataset>).")
+    for i, n in enumerate(names):
+        if not isinstance(n, str) or not n.strip():
+            raise ValueError(f"Class name #{i} of the vocabulary is empty or not a string: {n!r}.")
+    unique, positions = deduplicate(names)
+    dups = [f"{unique[u]!r} at positions {', '.join(str(i) for i, p in enumerate(positions) if p == u)}"
+            for u in range(len(unique)) if positions.count(u) > 1]
+    if dups:
+        warnings.warn(f"The vocabulary names a class more than once ({'; '.join(dups)}): each class is "
+                      "segmented once and its pixels get its first id. Remove the duplicates.",
+                      DuplicateClassWarning, stacklevel=2)
+    return names
