@@ -27,17 +27,17 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _path in (REPO, os.path.join(REPO, "demo")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local page reports nothing anywhere
 
 import ovss_d2  # noqa: E402,F401  (compat shims before detectron2)
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ovss_d2.utils.cli import parse_args_anywhere  # noqa: E402
-from ovss_d2.utils.vocabulary import parse_vocabulary  # noqa: E402
+from ovss_d2.data.io import save_label  # noqa: E402
+from ovss_d2.utils.cli import add_model_arguments, parse_args_anywhere  # noqa: E402
+from ovss_d2.utils.vocabulary import parse_vocabulary_text  # noqa: E402
 
 logger = logging.getLogger("ovss_d2.web")
 
@@ -55,15 +55,11 @@ class InputError(ValueError):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", help="(required) model config, e.g. configs/toy/sed_toy.yaml")
-    p.add_argument("--weights", default="", help="model checkpoint (default: MODEL.WEIGHTS, else the quickstart's)")
+    add_model_arguments(p, weights_help="model checkpoint (default: MODEL.WEIGHTS, else the quickstart's)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the config's)")
-    p.add_argument("--max-size", type=int, default=1024, help="long side of the working resolution")
     p.add_argument("--max-megapixels", type=float, default=25.0, help="larger uploads are refused")
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="larger files are refused")
-    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
     return p
 
 
@@ -132,29 +128,16 @@ def toyworld_examples(folder: str, n: int = NUM_EXAMPLES) -> List[str]:
 
 # ---- one request -----------------------------------------------------------------------------------
 def vocabulary_from_text(text: str) -> Tuple[List[str], List[str]]:
-    """(class names, warnings) from the class box, by the demo's rules (ovss_d2.utils.vocabulary):
-    one line of comma-separated names, several lines of one class each (a line may hold synonyms,
-    ``person, people``), or ``dataset:NAME``. Never reads a file of the server."""
-    text = (text or "").strip()
-    if not re.sub(r"[\s,]", "", text):
-        raise InputError("The class list is empty: type the classes to find, separated by commas "
-                         "(e.g. `grass, sky, red circle`), or one per line with synonyms (`person, people`).")
+    """(class names, warnings) from the class box, by the package's rules and checks
+    (:func:`ovss_d2.utils.parse_vocabulary_text`): one line of comma-separated names or
+    ``dataset:NAME``, or several lines of one class each (a line may hold synonyms, ``person,
+    people``). Never reads a file of the server."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            if "\n" in text:  # the rules of a vocabulary file: one class per line, # comments
-                with tempfile.TemporaryDirectory() as tmp:
-                    path = os.path.join(tmp, "classes.txt")
-                    with open(path, "w", encoding="utf-8") as f:
-                        f.write(text + "\n")
-                    names = parse_vocabulary(path)
-            elif os.path.exists(text):
-                raise InputError(f"`{text}` names a file or folder on the server, which this page does not "
-                                 "read: type the class names themselves (end a single name with a comma).")
-            else:
-                names = parse_vocabulary(text)
-        except (ValueError, KeyError, OSError, TypeError) as e:
-            raise InputError(str(e).strip("'\"")) from None
+            names = parse_vocabulary_text(text or "")
+        except (ValueError, KeyError, TypeError) as e:
+            raise InputError(e.args[0] if e.args else str(e)) from None
     return names, [str(w.message) for w in caught]
 
 
@@ -232,7 +215,6 @@ class WebDemo:
 
     def segment(self, path: Optional[str], text: str, progress=None) -> Answer:
         """An uploaded file and the class box's text -> what the page shows."""
-        from demo import save_label
         from ovss_d2.utils import class_palette, draw_overlay
 
         if progress is None:  # (not `or`: a gr.Progress without iterables is falsy)

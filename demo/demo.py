@@ -38,11 +38,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import ovss_d2  # noqa: E402,F401
-import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from ovss_d2.utils.cli import parse_args_anywhere  # noqa: E402
+from ovss_d2.data.io import save_label  # noqa: E402
+from ovss_d2.utils.cli import add_model_arguments, parse_args_anywhere  # noqa: E402
 from ovss_d2.utils.vocabulary import DATASET_PREFIX, parse_vocabulary  # noqa: E402
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
@@ -56,19 +56,14 @@ class UsageError(ValueError):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", help="(required) model config, e.g. configs/toy/sed_toy.yaml")
-    p.add_argument("--weights", default="", help="model checkpoint (default: the config's MODEL.WEIGHTS)")
+    add_model_arguments(p, weights_help="model checkpoint (default: the config's MODEL.WEIGHTS)")
     p.add_argument("--input", nargs="+", help="(required) files, globs, folders or dataset:NAME")
     p.add_argument("--output", help="(required) output folder")
     p.add_argument("--vocabulary", help='(required) "a,b,c", a text file (one class per line), or dataset:NAME')
     p.add_argument("--templates", default="", help="template set name, or templates separated by '|'")
-    p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--mode", choices=["resize", "slide"], default="resize", help="large-image strategy")
-    p.add_argument("--max-size", type=int, default=1024, help="long side of the working resolution")
     p.add_argument("--limit", type=int, default=0, help="only the first N images and videos (0: all)")
-    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
-                   help="config overrides KEY VALUE ...; flags may follow them")
     return p
 
 
@@ -79,11 +74,6 @@ def parse_args(argv=None):
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
     return args
-
-
-def load_vocabulary(spec: str) -> List[str]:
-    """The class names of --vocabulary (see :func:`ovss_d2.utils.vocabulary.parse_vocabulary`)."""
-    return parse_vocabulary(spec)
 
 
 def dataset_images(name: str) -> List[str]:
@@ -152,11 +142,6 @@ def output_names(paths: List[str]) -> Dict[str, str]:
     return names
 
 
-def save_label(label: np.ndarray, num_classes: int, path: str) -> None:
-    dtype = np.uint8 if num_classes <= 255 else np.uint16
-    Image.fromarray(label.astype(dtype)).save(path)
-
-
 def process_video(predictor, path: str, out_stem: str) -> int:
     import cv2
 
@@ -207,17 +192,20 @@ def check_output_folder(path: str) -> None:
 def check_arguments(args) -> Tuple[List[str], object, List[str], List[Tuple[str, str]]]:
     """Everything that can be checked before the model is built: (vocabulary, templates, input
     files, inputs that matched nothing). Raises :class:`UsageError` naming the fix."""
+    from ovss_d2.engine import check_weights_file
+
     if not os.path.isfile(args.config_file):
         raise UsageError(f"--config-file {args.config_file} not found: give a config such as configs/toy/sed_toy.yaml.")
-    if args.weights and not os.path.isfile(args.weights):
-        raise UsageError(f"--weights {args.weights} not found: give the checkpoint of a trained model "
-                         "(OUTPUT_DIR/model_final.pth of train_net.py).")
+    try:
+        check_weights_file(args.weights, "--weights")
+    except FileNotFoundError as e:
+        raise UsageError(e.args[0]) from None
     if args.batch_size < 1 or args.max_size < 1 or args.limit < 0:
         raise UsageError("--batch-size and --max-size must be at least 1, --limit at least 0.")
     if len(args.opts) % 2:
         raise UsageError(f"--opts takes KEY VALUE pairs; got an odd number of items: {' '.join(args.opts)}.")
     try:
-        vocabulary = load_vocabulary(args.vocabulary)
+        vocabulary = parse_vocabulary(args.vocabulary)
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise UsageError(f"--vocabulary: {e.args[0] if e.args else e}") from None
     templates = None

@@ -48,7 +48,8 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.T
     return state_dict
 
 
-def _some(items: List[str], limit: int = 4) -> str:
+def first_few(items: List[str], limit: int = 4) -> str:
+    """The first ``limit`` items, comma-separated, and how many more there are (for messages)."""
     shown = ", ".join(items[:limit])
     return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
 
@@ -107,12 +108,12 @@ class OVSSCheckpointer(DetectionCheckpointer):
             return
         parts = []
         if found["missing"]:
-            parts.append(f"{len(found['missing'])} model tensors are not in it ({_some(found['missing'])})")
+            parts.append(f"{len(found['missing'])} model tensors are not in it ({first_few(found['missing'])})")
         if found["unexpected"]:
             parts.append(f"{len(found['unexpected'])} of its tensors are not in the model "
-                         f"({_some(found['unexpected'])})")
+                         f"({first_few(found['unexpected'])})")
         if found["shape"]:
-            parts.append(f"{len(found['shape'])} have another shape ({_some(found['shape'], 2)})")
+            parts.append(f"{len(found['shape'])} have another shape ({first_few(found['shape'], 2)})")
         raise CheckpointMismatchError(
             f"Checkpoint {self._path} does not fit this {type(self.model).__name__} model: " + "; ".join(parts)
             + ". It was saved from another method or config: use the config it was trained with, or, to "

@@ -78,7 +78,7 @@ class Predictor:
 
     def __init__(self, config, weights: str = "", opts: Sequence[str] = (), device: Optional[str] = None,
                  templates=None, mode: str = "resize", max_size: int = 1024, window: int = 512):
-        from .engine import OVSSTrainer, load_config, resolve_device, skip_initial_clip_weights
+        from .engine import OVSSTrainer, check_weights_file, load_config, resolve_device, skip_initial_clip_weights
 
         if mode not in ("resize", "slide"):
             raise ValueError(f"mode must be 'resize' or 'slide', got {mode!r}")
@@ -93,9 +93,7 @@ class Predictor:
         resolve_device(cfg)
         cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (), ()
         weights = os.fspath(weights or cfg.MODEL.WEIGHTS)
-        if weights and "://" not in weights and not os.path.isfile(weights):
-            raise FileNotFoundError(f"Weights {weights!r} not found: give the checkpoint of a trained model "
-                                    "(e.g. OUTPUT_DIR/model_final.pth), or '' for the CLIP weights only.")
+        check_weights_file(weights, "Weights")
         template_list = None
         if templates is not None:
             template_list = (resolve_templates(templates) if isinstance(templates, str)

@@ -1,8 +1,10 @@
 """Shared test helpers: a tiny synthetic segmentation dataset, tiny configs, and the functions
 run in spawned processes (they must be importable, hence not inside test modules)."""
 import json
+import logging
 import os
 import sys
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
@@ -31,6 +33,25 @@ def shared_reference(name: str) -> str:
         if root and os.path.isfile(path):
             return path
     pytest.skip(f"../shared/reference/{name} not found (set OVSS_D2_SHARED to the shared folder)")
+
+
+@contextmanager
+def log_records(logger_name: str):
+    """The log records of one logger (``""``: the root logger) and its children within the block,
+    INFO and above, whatever its level and propagation settings (detectron2's setup_logger turns
+    propagation off)."""
+    found = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = found.append
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def param_counts(model):

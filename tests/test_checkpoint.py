@@ -2,12 +2,11 @@
 model's weights (and the explicit opt-out), and resuming past a corrupt last checkpoint."""
 import logging
 import os
-from contextlib import contextmanager
 
 import pytest
 import torch
 
-from helpers import REPO
+from helpers import REPO, log_records
 from ovss_d2.checkpoint import CheckpointMismatchError, NoIntactCheckpointError, OVSSCheckpointer
 from ovss_d2.engine import OVSSTrainer, load_config
 
@@ -23,20 +22,6 @@ def build(name, seed, extra=()):
 
 def snapshot(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-@contextmanager
-def records(logger_name):
-    """Log records of one logger, whatever its propagation settings."""
-    found = []
-    handler = logging.Handler(logging.DEBUG)
-    handler.emit = found.append
-    logger = logging.getLogger(logger_name)
-    logger.addHandler(handler)
-    try:
-        yield found
-    finally:
-        logger.removeHandler(handler)
 
 
 @pytest.mark.parametrize("name", sorted(TOY))
@@ -146,7 +131,7 @@ def _truncate(path):
 def test_resume_skips_a_corrupt_last_checkpoint(tmp_path):
     fresh = _saved_run(tmp_path, [2, 5, 8])
     _truncate(tmp_path / "model_0000008.pth")
-    with records("ovss_d2.checkpoint") as logged:
+    with log_records("ovss_d2.checkpoint") as logged:
         extra = OVSSCheckpointer(fresh, save_dir=str(tmp_path)).resume_or_load("", resume=True)
     assert extra["iteration"] == 5 and torch.all(fresh.weight == 5.0)
     warnings = [r.getMessage() for r in logged if r.levelno == logging.WARNING]

@@ -1,4 +1,6 @@
+import logging
 import socket
+import warnings
 
 import open_clip
 import pytest
@@ -6,6 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 import helpers  # noqa: F401  (imports ovss_d2, registers the tiny model configs)
+from helpers import log_records
 from ovss_d2.modeling.clip import CLIPWeightsUnavailable, CLIPWrapper
 
 
@@ -36,6 +39,21 @@ def test_random_weights_never_touch_network(no_network):
     assert clip.kind == "vit" and clip.embed_dim == 64
 
 
+def test_building_without_open_clips_weights_logs_only_our_line(tmp_path, reference_model):
+    """open_clip ("Model initialized randomly", root logger) and timm ("No pretrained configuration
+    specified", for the tiny trunk) are built without weights on purpose: our line says which."""
+    path = tmp_path / "w.pt"
+    torch.save(reference_model.state_dict(), path)
+    with log_records("") as root, log_records("timm") as timm, log_records("ovss_d2") as ours:
+        CLIPWrapper("ovss-tiny-convnext", "none")
+        CLIPWrapper("ovss-tiny-vit", str(path))
+    theirs = [r.getMessage() for r in root + timm if r.levelno >= logging.WARNING]
+    assert not theirs, theirs
+    assert [r.getMessage() for r in ours] == [
+        "CLIP ovss-tiny-convnext built with random weights (MODEL.CLIP.PRETRAINED=none)",
+        f"Loaded CLIP ovss-tiny-vit weights from {path}"]
+
+
 @pytest.mark.parametrize("layout", ["open_clip_plain", "open_clip_training", "safetensors", "openai_jit",
                                     "openai_state_dict"])
 def test_local_checkpoint_layouts_load_identical_weights(tmp_path, reference_model, layout, no_network):
@@ -54,7 +72,9 @@ def test_local_checkpoint_layouts_load_identical_weights(tmp_path, reference_mod
         path = tmp_path / "ViT-tiny.pt"
         half = open_clip.create_model("ovss-tiny-vit", force_quick_gelu=True)
         half.load_state_dict(sd)
-        torch.jit.save(torch.jit.script(half.half().eval()), str(path))
+        with warnings.catch_warnings():  # TorchScript is how such a file is made; torch deprecates it
+            warnings.filterwarnings("ignore", r"`torch\.jit\.(script|save)` is deprecated", FutureWarning)
+            torch.jit.save(torch.jit.script(half.half().eval()), str(path))
     else:  # OpenAI key layout saved with torch.save, with its extra entries, fp16
         path = tmp_path / "openai_state_dict.pt"
         extra = {"input_resolution": torch.tensor(64), "context_length": torch.tensor(16),

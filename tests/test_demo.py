@@ -69,16 +69,16 @@ def test_demo_on_a_mixed_folder(folder, tmp_path):
 
 
 def test_vocabulary_sources(tmp_path):
-    sys.path.insert(0, os.path.join(REPO, "demo"))
-    import demo
+    """--vocabulary is read by ovss_d2.utils.parse_vocabulary (tests/test_vocabulary.py)."""
+    from detectron2.data import MetadataCatalog
+
+    from ovss_d2.utils import parse_vocabulary
 
     f = tmp_path / "vocab.txt"
     f.write_text("person, people\n# comment\ncar\n\n")
-    assert demo.load_vocabulary(str(f)) == ["person, people", "car"]
-    assert demo.load_vocabulary("cat, dog,grass") == ["cat", "dog", "grass"]
-    from detectron2.data import MetadataCatalog
-
-    assert demo.load_vocabulary("dataset:toyworld_val") == list(MetadataCatalog.get("toyworld_val").stuff_classes)
+    assert parse_vocabulary(str(f)) == ["person, people", "car"]
+    assert parse_vocabulary("cat, dog,grass") == ["cat", "dog", "grass"]
+    assert parse_vocabulary("dataset:toyworld_val") == list(MetadataCatalog.get("toyworld_val").stuff_classes)
 
 
 @pytest.fixture(scope="module")
@@ -111,13 +111,16 @@ def test_large_image_and_sliding_window(predictor):
 
 
 def test_label_png_is_16_bit_for_large_vocabularies(predictor, tmp_path):
-    sys.path.insert(0, os.path.join(REPO, "demo"))
-    import demo
+    from ovss_d2.data.io import read_label, save_label
 
     pred = predictor.predict(_rgb(20, 20, 3), [f"class {i}" for i in range(300)])
-    demo.save_label(pred.label, 300, str(tmp_path / "l.png"))
+    save_label(pred.label, 300, str(tmp_path / "l.png"))
     img = Image.open(tmp_path / "l.png")
     assert img.mode.startswith("I") and np.array_equal(np.asarray(img), pred.label)
+    assert np.array_equal(read_label(str(tmp_path / "l.png")), pred.label)
+    save_label(pred.label % 7, 7, str(tmp_path / "small.png"))
+    assert Image.open(tmp_path / "small.png").mode == "L"
+    assert sorted(os.listdir(tmp_path)) == ["l.png", "small.png"]  # written atomically: no .part left
 
 
 def test_upsample_argmax_equals_full_interpolation():

@@ -98,15 +98,33 @@ def test_topk_union_matches_a_loop():
 
 
 def test_bce_equals_explicit_one_hot():
+    """Loss and gradient equal torch's BCE on the one-hot tensor, from tiny to saturated logits
+    (ERR-Seg's dropped classes sit at -100), also for float64 (gradcheck) and half precision."""
     torch.manual_seed(0)
-    logits = torch.randn(2, 5, 6, 7)
-    targets = torch.randint(0, 5, (2, 6, 7))
-    targets[0, :2] = 255
-    onehot = torch.zeros_like(logits)
-    valid = targets != 255
-    onehot.permute(0, 2, 3, 1)[valid] = F.one_hot(targets[valid], 5).float()
-    expected = F.binary_cross_entropy_with_logits(logits, onehot)
-    assert torch.allclose(one_hot_bce_with_logits(logits, targets), expected, atol=1e-6)
+    for scale in (0.01, 1.0, 8.0, 60.0):
+        logits = (torch.randn(2, 5, 6, 7) * scale).requires_grad_()
+        targets = torch.randint(0, 5, (2, 6, 7))
+        targets[0, :2] = 255
+        onehot = torch.zeros_like(logits)
+        valid = targets != 255
+        onehot.permute(0, 2, 3, 1)[valid] = F.one_hot(targets[valid], 5).float()
+        expected = F.binary_cross_entropy_with_logits(logits, onehot)
+        (expected_grad,) = torch.autograd.grad(expected, logits)
+        ours = one_hot_bce_with_logits(logits, targets)
+        (grad,) = torch.autograd.grad(ours, logits)
+        assert abs(ours.item() - expected.item()) <= 1e-6 * max(1.0, expected.item()), scale
+        assert torch.allclose(grad, expected_grad, rtol=1e-5, atol=1e-9), scale
+    small = torch.randn(1, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: one_hot_bce_with_logits(x, torch.tensor([[[0, 2], [255, 1]]])), small)
+    for dtype in (torch.float16, torch.bfloat16):  # computed in float32, the gradient rounded once
+        half = logits.detach().to(dtype).requires_grad_()
+        loss = one_hot_bce_with_logits(half, targets)
+        loss.backward()
+        rounded = half.detach().float().requires_grad_()
+        F.binary_cross_entropy_with_logits(rounded, onehot).backward()
+        assert loss.dtype == torch.float32 and half.grad.dtype == dtype
+        assert torch.allclose(half.grad.float(), rounded.grad, rtol=2 ** -7, atol=1e-7), dtype
+    assert one_hot_bce_with_logits(torch.zeros(2, 0, 3, 3, requires_grad=True), targets[:, :3, :3]).item() == 0
 
 
 @pytest.fixture()

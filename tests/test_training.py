@@ -5,7 +5,7 @@ import torch
 from detectron2.engine import HookBase
 from detectron2.utils.env import seed_all_rng
 
-from helpers import register_tiny_splits, tiny_cfg, train_args, train_worker
+from helpers import log_records, register_tiny_splits, tiny_cfg, train_args, train_worker
 from ovss_d2.engine import OVSSTrainer, build_optimizer, check_datasets, launch
 
 
@@ -182,15 +182,10 @@ def test_resume_skips_a_corrupt_last_checkpoint(data_root, tmp_path):
         f.write(intact[: len(intact) // 3])
     with open(os.path.join(parts, "last_checkpoint"), "w") as f:
         f.write("model_0000005.pth")
-    logged = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = logged.append
-    logging.getLogger("ovss_d2.checkpoint").addHandler(handler)
-    try:
+    with log_records("ovss_d2.checkpoint") as logged:
         train_worker(data_root, train_args(parts, iters=6, resume=True))
-    finally:
-        logging.getLogger("ovss_d2.checkpoint").removeHandler(handler)
-    assert len(logged) == 1 and os.path.join(parts, "model_0000005.pth") in logged[0].getMessage()
+    warned = [r.getMessage() for r in logged if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and os.path.join(parts, "model_0000005.pth") in warned[0]
     a = _weights(os.path.join(full, "model_final.pth"))
     b = _weights(os.path.join(parts, "model_final.pth"))
     assert a["iteration"] == b["iteration"] == 5

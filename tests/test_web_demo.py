@@ -70,8 +70,8 @@ def test_class_box_follows_the_vocabulary_rules():
     assert app.vocabulary_from_text("dataset:toyworld_val")[0] == app.default_vocabulary(app_cfg())
     names, notes = app.vocabulary_from_text("sky, grass, Sky")
     assert names == ["sky", "grass", "Sky"] and len(notes) == 1 and "more than once" in notes[0]
-    for bad, message in [("  ", "class list is empty"), ("dataset:nope", "no registered dataset"),
-                         (REPO, "does not read")]:
+    for bad, message in [("  ", "The vocabulary is empty"), ("dataset:nope", "no registered dataset"),
+                         (REPO, "does not read files"), ("classes.txt", "does not read files")]:
         with pytest.raises(app.InputError, match=message):
             app.vocabulary_from_text(bad)
 
@@ -139,7 +139,7 @@ def test_bad_requests_get_messages(web, tmp_path):
                                    (str(text), "sky", "notes.png` cannot be read as an image"),
                                    (str(big), "sky", r"too large \(200x300, 0.1 megapixels"),
                                    (None, "sky", "No image"),
-                                   (str(good), " ,\n ", "class list is empty")]:
+                                   (str(good), " ,\n ", "The vocabulary is empty")]:
         answer = web.segment(path, classes)
         assert answer.overlay is None and answer.label_path is None and answer.status.startswith("**Error:**")
         assert re.search(message, answer.status), answer.status
@@ -256,7 +256,7 @@ def test_messages_for_bad_input(page, tmp_path):
     assert browser_tools.upload(page, str(tmp_path / "fine.png")) == ""
     page.fill("#classes textarea", "  ")
     status = browser_tools.run_segmentation(page)
-    assert status.startswith("Error:") and "class list is empty" in status, status
+    assert status.startswith("Error:") and "The vocabulary is empty" in status, status
     assert page.locator("#overlay img").count() == 0
 
     corrupt = tmp_path / "broken.png"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Evaluate one model on any set of the built-in benchmarks and write one table of the results.
 
-    python tools/evaluate_benchmarks.py --config-file configs/sed/sed_convnext_b_768.yaml \\
+    python tools/evaluate_benchmarks.py --config-file configs/sed/eval_sed_convnext_b_768.yaml \\
         --weights /path/to/model.pth --benchmarks openvocab --num-gpus 4 --output-dir output/bench/sed_b
     python tools/evaluate_benchmarks.py --config-file configs/zeroseg/... --benchmarks zeroseg
     python tools/evaluate_benchmarks.py --config-file ... --benchmarks a150 pc59 MODEL.DEVICE cpu

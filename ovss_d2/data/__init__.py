@@ -5,12 +5,12 @@ from .datasets import register_sem_seg_dataset
 from .image_caption import read_caption_image, register_image_caption_dataset
 from .image_caption_mapper import MultiCropCaptionMapper
 from .image_folder import CenterCropImageMapper, register_image_folder
-from .io import UnreadableImageError, read_image_rgb, read_label
+from .io import UnreadableImageError, read_image_rgb, read_label, save_label
 
 __all__ = [
     "SeededTrainingSampler", "build_train_loader", "build_test_loader", "SemSegDatasetMapper",
     "CenterCropImageMapper", "register_image_folder",
     "MultiCropCaptionMapper", "register_image_caption_dataset", "read_caption_image",
     "DATASET_MAPPER_REGISTRY", "build_train_mapper",
-    "register_sem_seg_dataset", "UnreadableImageError", "read_image_rgb", "read_label",
+    "register_sem_seg_dataset", "UnreadableImageError", "read_image_rgb", "read_label", "save_label",
 ]

@@ -1,4 +1,4 @@
-"""Reading images and label maps, with errors that name the file."""
+"""Reading images and label maps, with errors that name the file; writing label maps."""
 import os
 
 import numpy as np
@@ -89,3 +89,13 @@ def read_label(path: str) -> np.ndarray:
     if arr.ndim != 2:
         raise ValueError(f"Label map {path} has shape {arr.shape}; expected one channel (H, W).")
     return arr
+
+
+def save_label(label: np.ndarray, num_classes: int, path: str) -> None:
+    """(H, W) class ids as a grey PNG (:func:`read_label` reads it back): 8-bit for up to 255
+    classes, 16-bit above; written atomically (a file at ``path`` is complete)."""
+    from .datasets.preparation import write_label_png
+
+    if num_classes > 65535:
+        raise ValueError(f"{num_classes} classes do not fit a 16-bit label map.")
+    write_label_png(path, np.ascontiguousarray(label, dtype=np.uint8 if num_classes <= 255 else np.uint16))

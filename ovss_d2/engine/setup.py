@@ -84,6 +84,14 @@ def resumes(cfg: CfgNode, resume: bool) -> bool:
     return bool(resume) and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
 
 
+def check_weights_file(weights: str, name: str = "MODEL.WEIGHTS") -> None:
+    """Fail before anything is built when ``weights``, a local checkpoint path, does not exist (an
+    empty value is no checkpoint; URLs are the checkpointer's). ``name`` says where it was given."""
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        raise FileNotFoundError(f"{name} {weights} not found: give the checkpoint of a trained model "
+                                "(e.g. OUTPUT_DIR/model_final.pth of train_net.py).")
+
+
 def check_datasets(cfg: CfgNode, config_file: str = "", verify_train: bool = True) -> None:
     """Fail at start-up, not inside a data loader, when a configured dataset is not registered, or
     is a folder dataset whose folders are missing or half-prepared (the message names the path and
@@ -108,11 +116,8 @@ def setup(args) -> CfgNode:
     (output directory, logging, environment info, seeding)."""
     cfg = load_config(args.config_file, args.opts)
     check_datasets(cfg, args.config_file, verify_train=not getattr(args, "eval_only", False))
-    weights = cfg.MODEL.WEIGHTS
-    if weights and not resumes(cfg, getattr(args, "resume", False)) and "://" not in weights \
-            and not os.path.isfile(weights):
-        raise FileNotFoundError(f"MODEL.WEIGHTS {weights} not found: give the path of a checkpoint "
-                                "(e.g. OUTPUT_DIR/model_final.pth of a training run).")
+    if not resumes(cfg, getattr(args, "resume", False)):
+        check_weights_file(cfg.MODEL.WEIGHTS)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=_rank(), name="ovss_d2")

@@ -1,4 +1,5 @@
 from .visualize import class_palette, draw_overlay
-from .vocabulary import DuplicateClassWarning, check_vocabulary, parse_vocabulary
+from .vocabulary import DuplicateClassWarning, check_vocabulary, parse_vocabulary, parse_vocabulary_text
 
-__all__ = ["class_palette", "draw_overlay", "DuplicateClassWarning", "check_vocabulary", "parse_vocabulary"]
+__all__ = ["class_palette", "draw_overlay", "DuplicateClassWarning", "check_vocabulary", "parse_vocabulary",
+           "parse_vocabulary_text"]

@@ -1,4 +1,4 @@
-"""Command-line parsing shared by train_net.py and the demo."""
+"""Command-line parsing shared by train_net.py and the demos."""
 import argparse
 from typing import List, Optional
 
@@ -23,3 +23,16 @@ def parse_args_anywhere(parser: argparse.ArgumentParser, argv: Optional[List[str
             setattr(args, dest, rest[:i] + list(getattr(later, dest) or []))
             break
     return args
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, weights_help: str) -> argparse.ArgumentParser:
+    """The arguments of demo/demo.py and demo/app.py that make their Predictor: --config-file,
+    --weights, --device, --max-size and --opts (``KEY VALUE`` overrides: parse with
+    :func:`parse_args_anywhere`). Returns ``parser``."""
+    parser.add_argument("--config-file", help="(required) model config, e.g. configs/toy/sed_toy.yaml")
+    parser.add_argument("--weights", default="", help=weights_help)
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: the config's)")
+    parser.add_argument("--max-size", type=int, default=1024, help="long side of the working resolution")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
+                        help="config overrides KEY VALUE ...; flags may follow them")
+    return parser

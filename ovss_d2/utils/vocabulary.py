@@ -3,7 +3,7 @@ checked, with errors that name the fix and a warning for duplicated names."""
 import os
 import re
 import warnings
-from typing import List, Sequence, Tuple
+from typing import Iterable, List, Sequence, Tuple
 
 DATASET_PREFIX = "dataset:"
 # A --vocabulary value without a comma that ends like this is meant as a file.
@@ -15,29 +15,42 @@ class DuplicateClassWarning(UserWarning):
 
 
 def dataset_vocabulary(name: str) -> List[str]:
-    """The ``stuff_classes`` of a registered dataset."""
+    """The class names (``stuff_classes``) of a registered dataset: a model's training and test
+    vocabularies, the demos' ``dataset:NAME``."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
+    names = getattr(MetadataCatalog.get(name), "stuff_classes", None)
+    if names:
+        return list(names)
     registered = DatasetCatalog.list()
     if name not in registered:
         named = sorted(d for d in registered if getattr(MetadataCatalog.get(d), "stuff_classes", None))
         raise KeyError(f"dataset:{name}: no registered dataset {name!r}. Datasets with class names: "
                        f"{', '.join(named) or 'none'} (register yours with ovss_d2.data.register_sem_seg_dataset).")
-    names = getattr(MetadataCatalog.get(name), "stuff_classes", None)
-    if not names:
-        raise ValueError(f"dataset:{name} has no class names (no 'stuff_classes' in its metadata): give the "
-                         "names as 'a,b,c' or a text file instead.")
-    return list(names)
+    raise ValueError(f"Dataset {name!r} has no class names ('stuff_classes' in its metadata): register it with its "
+                     "class names (ovss_d2.data.register_sem_seg_dataset), or name the classes yourself.")
+
+
+def _vocabulary_lines(lines: Iterable[str]) -> List[str]:
+    """The rule of :func:`read_vocabulary_file`, also that of a text of several lines."""
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def read_vocabulary_file(path: str) -> List[str]:
     """One class per line (a line may hold synonyms, ``person, people``); blank lines and ``#``
     comments are skipped."""
     with open(path, encoding="utf-8") as f:
-        names = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+        names = _vocabulary_lines(f)
     if not names:
         raise ValueError(f"Vocabulary file {path} holds no class name: write one class per line.")
     return names
+
+
+def _looks_like_file(spec: str) -> bool:
+    """Whether a one-line vocabulary is meant as a file name (a path, or a name with a file
+    suffix, and no comma) rather than a class."""
+    return (not spec.startswith(DATASET_PREFIX) and "," not in spec
+            and (os.sep in spec or "/" in spec or spec.lower().endswith(FILE_SUFFIXES)))
 
 
 def parse_vocabulary(spec: str) -> List[str]:
@@ -45,16 +58,38 @@ def parse_vocabulary(spec: str) -> List[str]:
     names, checked by :func:`check_vocabulary`. A value that looks like a file name but is no file
     is an error (it would otherwise become one class named after the path)."""
     spec = spec.strip()
+    if not spec.startswith(DATASET_PREFIX):
+        if os.path.isfile(spec):
+            return check_vocabulary(read_vocabulary_file(spec))
+        if os.path.isdir(spec):
+            raise IsADirectoryError(f"Vocabulary {spec!r} is a folder: give a text file (one class per line) or "
+                                    "comma-separated class names.")
+        if _looks_like_file(spec):
+            raise FileNotFoundError(f"Vocabulary file {spec!r} not found: give an existing file (one class per "
+                                    "line) or comma-separated class names such as 'cat,dog,grass'.")
+    return _parse_line(spec)
+
+
+def parse_vocabulary_text(text: str) -> List[str]:
+    """Class names typed in a text box (the web demo's) -> class names, checked by
+    :func:`check_vocabulary`. Several lines are read as a vocabulary file is (one class per line,
+    synonyms ``person, people``, ``#`` comments); one line as :func:`parse_vocabulary` reads it
+    (``"a,b,c"`` or ``dataset:<registered dataset>``), except that a text never names a file: the
+    file system is not touched, and a line that looks like a file name is an error."""
+    text = text.strip()
+    lines = text.splitlines()
+    if len(lines) > 1:
+        return check_vocabulary(_vocabulary_lines(lines))
+    if _looks_like_file(text):
+        raise ValueError(f"{text!r} looks like a file name, and a text box does not read files: type the class "
+                         "names themselves (end a single name with a comma).")
+    return _parse_line(text)
+
+
+def _parse_line(spec: str) -> List[str]:
+    """``dataset:<registered dataset>`` or comma-separated names, checked."""
     if spec.startswith(DATASET_PREFIX):
         return check_vocabulary(dataset_vocabulary(spec[len(DATASET_PREFIX):].strip()))
-    if os.path.isfile(spec):
-        return check_vocabulary(read_vocabulary_file(spec))
-    if os.path.isdir(spec):
-        raise IsADirectoryError(f"Vocabulary {spec!r} is a folder: give a text file (one class per line) or "
-                                "comma-separated class names.")
-    if "," not in spec and (os.sep in spec or "/" in spec or spec.lower().endswith(FILE_SUFFIXES)):
-        raise FileNotFoundError(f"Vocabulary file {spec!r} not found: give an existing file (one class per line) "
-                                "or comma-separated class names such as 'cat,dog,grass'.")
     return check_vocabulary([c.strip() for c in spec.split(",") if c.strip()])
 
 
@@ -76,12 +111,12 @@ def deduplicate(class_names: Sequence[str]) -> Tuple[List[str], List[int]]:
     return unique, positions
 
 
-def check_vocabulary(class_names: Sequence[str]) -> List[str]:
+def check_vocabulary(class_names: Sequence[str], warn_duplicates: bool = True) -> List[str]:
     """The class names as a list, refusing what cannot be meant (a single string, an empty list, an
-    empty or non-string name) and warning (:class:`DuplicateClassWarning`) about names that
-    occur twice (case and spacing ignored). The order, duplicates included, is kept: class ids
-    are positions in the list the user gave (the Predictor segments each class once, see
-    :func:`deduplicate`)."""
+    empty or non-string name) and, with ``warn_duplicates``, warning (:class:`DuplicateClassWarning`)
+    about names that occur twice (case and spacing ignored). The order, duplicates included, is
+    kept: class ids are positions in the list the user gave (the Predictor segments each class
+    once, see :func:`deduplicate`; models embed every name given, hence no warning there)."""
     if isinstance(class_names, str):
         split = [c.strip() for c in class_names.split(",") if c.strip()]
         raise TypeError(f"The vocabulary must be a list of class names, got the string {class_names!r}: "
@@ -96,6 +131,8 @@ def check_vocabulary(class_names: Sequence[str]) -> List[str]:
     for i, n in enumerate(names):
         if not isinstance(n, str) or not n.strip():
             raise ValueError(f"Class name #{i} of the vocabulary is empty or not a string: {n!r}.")
+    if not warn_duplicates:
+        return names
     unique, positions = deduplicate(names)
     dups = [f"{unique[u]!r} at positions {', '.join(str(i) for i, p in enumerate(positions) if p == u)}"
             for u in range(len(unique)) if positions.count(u) > 1]

@@ -11,11 +11,11 @@ from . import tiny_models  # noqa: F401  (registers convnext_ovss_tiny in timm)
 _open_clip.add_model_config(_os.path.join(_os.path.dirname(__file__), "model_configs"))
 
 from .templates import IMAGENET_80, TEMPLATE_SETS, resolve_templates
-from .text_embeddings import TextEmbeddingCache, default_cache_dir, split_synonyms, validate_vocabulary
+from .text_embeddings import TextEmbeddingCache, default_cache_dir, split_synonyms
 from .wrapper import CLIPWeightsUnavailable, CLIPWrapper, count_parameters
 
 __all__ = [
     "CLIPWrapper", "CLIPWeightsUnavailable", "TextEmbeddingCache", "IMAGENET_80", "TEMPLATE_SETS",
-    "resolve_templates", "default_cache_dir", "split_synonyms", "validate_vocabulary",
+    "resolve_templates", "default_cache_dir", "split_synonyms",
     "count_parameters",
 ]

@@ -10,6 +10,7 @@ Supported layouts of ``MODEL.CLIP.PRETRAINED=<path>``:
   state dict saved with ``torch.save``.
 """
 import os
+import warnings
 import zipfile
 from typing import Dict, Tuple
 
@@ -44,7 +45,9 @@ def read_clip_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], str]:
 
         state_dict = load_file(path, device="cpu")
     elif _is_torchscript_archive(path):
-        state_dict = torch.jit.load(path, map_location="cpu").state_dict()
+        with warnings.catch_warnings():  # OpenAI's release files are TorchScript: only their tensors are read
+            warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated", FutureWarning)
+            state_dict = torch.jit.load(path, map_location="cpu").state_dict()
         layout = "openai"
     else:
         try:

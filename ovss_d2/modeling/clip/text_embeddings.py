@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ...utils.vocabulary import check_vocabulary
 from .templates import validate_templates
 
 logger = logging.getLogger(__name__)
@@ -21,19 +22,6 @@ SYNONYM_SEPARATOR = ", "
 def default_cache_dir() -> str:
     root = os.environ.get("OVSS_D2_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ovss_d2"))
     return os.path.join(root, "text_embeddings")
-
-
-def validate_vocabulary(class_names: Sequence[str]) -> List[str]:
-    if class_names is None or len(class_names) == 0:
-        raise ValueError(
-            "The vocabulary is empty: give at least one class name (e.g. --vocabulary 'cat,dog' or "
-            "a dataset whose metadata has stuff_classes)."
-        )
-    names = list(class_names)
-    for i, n in enumerate(names):
-        if not isinstance(n, str) or not n.strip():
-            raise ValueError(f"Class name #{i} of the vocabulary is empty or not a string: {n!r}.")
-    return names
 
 
 def split_synonyms(class_name: str) -> List[str]:
@@ -73,7 +61,7 @@ class TextEmbeddingCache:
 
     def __call__(self, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         """Returns (N, P, D) float32 CPU embeddings, L2-normalised per (class, template)."""
-        class_names = validate_vocabulary(class_names)
+        class_names = check_vocabulary(class_names, warn_duplicates=False)
         validate_templates(templates)
         key = self.key(class_names, templates)
         if key in self._memory:

@@ -4,6 +4,11 @@ so open_clip configs can name it like any timm trunk. Same architecture as ConvN
 from timm.models import build_model_with_cfg, register_model
 from timm.models.convnext import ConvNeXt
 
+# timm's pretrained-config registry entry (read by register_model): no weights, timm's default
+# settings, so the build is unchanged; without it timm warns at every build that none is configured.
+default_cfgs = {"convnext_ovss_tiny": {"description": "ovss-d2's tiny ConvNeXt; no pretrained weights "
+                                                      "(tools/train_tiny_clip.py trains a CLIP with it)"}}
+
 
 @register_model
 def convnext_ovss_tiny(pretrained: bool = False, **kwargs) -> ConvNeXt:

@@ -4,7 +4,9 @@ import copy
 import hashlib
 import logging
 import os
-from typing import Dict, List, Optional, Sequence
+import re
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -146,6 +148,24 @@ def _tower_overrides(name: str, drop_path: Optional[float], head_dropout: Option
     return {"vision_cfg": vision_cfg}
 
 
+# What open_clip's create_model logs (on the root logger) when it loads no weights: we build it so on
+# purpose and load the weights ourselves, with a line of our own saying which.
+RANDOM_INIT_MESSAGE = re.compile(r"No pretrained weights loaded for model '.*'\. Model initialized randomly\.")
+
+
+@contextmanager
+def _silenced(pattern: "re.Pattern", logger_: logging.Logger) -> Iterator[None]:
+    """Drops the records of ``logger_`` whose message matches ``pattern`` within the block."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not pattern.fullmatch(record.getMessage())
+
+    logger_.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger_.removeFilter(keep)
+
+
 class CLIPWrapper(nn.Module):
     """An open_clip CLIP model with dense features.
 
@@ -196,8 +216,9 @@ class CLIPWrapper(nn.Module):
                 quick_gelu = quick_gelu or tag_quick_gelu
             state_dict, layout = read_clip_checkpoint(path)
             quick_gelu = quick_gelu or layout == "openai"
-        self.model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu,
-                                            **_tower_overrides(name, drop_path, head_dropout))
+        with _silenced(RANDOM_INIT_MESSAGE, logging.getLogger()):  # built without weights on purpose
+            self.model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu,
+                                                **_tower_overrides(name, drop_path, head_dropout))
         if state_dict is not None:
             load_clip_state_dict(self.model, state_dict, path)
             logger.info(f"Loaded CLIP {name} weights from {path}")

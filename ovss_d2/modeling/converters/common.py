@@ -4,6 +4,8 @@ from typing import Callable, Dict, Iterable, Tuple, Union
 
 import torch
 
+from ...checkpoint import first_few
+
 
 class UnmappedKeyError(KeyError):
     """A key of an official checkpoint that no rule of the converter maps."""
@@ -34,8 +36,7 @@ def rename_keys(state_dict: Dict[str, torch.Tensor], rules: Iterable[Tuple[str, 
         else:
             unmapped.append(key)
     if unmapped:
-        more = f" (+{len(unmapped) - 8} more)" if len(unmapped) > 8 else ""
-        shown = ", ".join(repr(k) for k in unmapped[:8]) + more
         raise UnmappedKeyError(f"{len(unmapped)} key(s) of the {layout} checkpoint map to no ovss-d2 parameter: "
-                               f"{shown}. Is it a checkpoint of this method, in the authors' released layout?")
+                               f"{first_few([repr(k) for k in unmapped], 8)}. Is it a checkpoint of this method, in "
+                               "the authors' released layout?")
     return out

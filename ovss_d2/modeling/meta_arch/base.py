@@ -10,19 +10,9 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
-from ..clip import CLIPWrapper, TextEmbeddingCache, default_cache_dir, resolve_templates, validate_vocabulary
+from ...utils.vocabulary import check_vocabulary, dataset_vocabulary
+from ..clip import CLIPWrapper, TextEmbeddingCache, default_cache_dir, resolve_templates
 from ..fast_paths import FastPaths
-
-
-def dataset_class_names(dataset_name: str) -> List[str]:
-    meta = MetadataCatalog.get(dataset_name)
-    names = getattr(meta, "stuff_classes", None)
-    if not names:
-        raise ValueError(
-            f"Dataset {dataset_name!r} has no 'stuff_classes' in its metadata: register it with "
-            "its class names (ovss_d2.data.register_sem_seg_dataset)."
-        )
-    return list(names)
 
 
 class OpenVocabSegmentor(nn.Module):
@@ -65,9 +55,9 @@ class OpenVocabSegmentor(nn.Module):
         return {
             "clip": CLIPWrapper.from_config(cfg),
             "templates": resolve_templates(cfg.MODEL.TEXT.TEMPLATES, cfg.MODEL.TEXT.CUSTOM_TEMPLATES),
-            "train_class_names": dataset_class_names(cfg.DATASETS.TRAIN[0])
+            "train_class_names": dataset_vocabulary(cfg.DATASETS.TRAIN[0])
             if cfg.DATASETS.TRAIN and train_vocabulary else None,
-            "test_class_names": dataset_class_names(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None,
+            "test_class_names": dataset_vocabulary(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None,
             "text_cache_dir": cache_dir,
             "text_batch_size": cfg.MODEL.TEXT.BATCH_SIZE,
             "text_synonyms": cfg.MODEL.TEXT.SYNONYMS,
@@ -89,7 +79,7 @@ class OpenVocabSegmentor(nn.Module):
         """Switch to a registered dataset: its class names become the vocabulary and, with
         ``apply_settings``, its metadata's per-benchmark settings (:attr:`DATASET_SETTINGS`) replace
         the configured values; a dataset without a setting gets the configured value back."""
-        self.set_vocabulary(dataset_class_names(dataset_name))
+        self.set_vocabulary(dataset_vocabulary(dataset_name))
         if not hasattr(self, "_configured_settings"):
             self._configured_settings = {attr: getattr(self, attr) for attr in self.DATASET_SETTINGS.values()}
         meta = MetadataCatalog.get(dataset_name)
@@ -99,7 +89,7 @@ class OpenVocabSegmentor(nn.Module):
 
     def set_vocabulary(self, class_names: Sequence[str]) -> None:
         """Class names used at inference from now on (synonyms separated by ", ")."""
-        self._vocabulary = validate_vocabulary(class_names)
+        self._vocabulary = check_vocabulary(class_names, warn_duplicates=False)
 
     @property
     def vocabulary(self) -> List[str]:
