@@ -115,11 +115,18 @@ def add_ovss_config(cfg: CN) -> None:
     cfg.MODEL.ZEROSEG.GUMBEL = True
     # Teacher views: the whole image (grid 1) and the cells of the 2x2, 3x3, 4x4 grids.
     cfg.MODEL.ZEROSEG.GRIDS = [1, 2, 3, 4]
+    # Size the views are resized to for the teacher; 0 = IMAGE_SIZE (the paper: both 224, CLIP-L's input).
+    cfg.MODEL.ZEROSEG.TEACHER_VIEW_SIZE = 0
     # Precomputed teacher features (tools/cache_teacher_features.py); "" = computed on the fly.
     cfg.MODEL.ZEROSEG.TEACHER_CACHE = ""
     cfg.MODEL.ZEROSEG.DISTILL_WEIGHT = 1.0
     cfg.MODEL.ZEROSEG.MATCHING_WEIGHT = 1.0
     cfg.MODEL.ZEROSEG.RECONSTRUCTION_WEIGHT = 1.0
+    # Segment matching: "nearest" (the paper's Eq. 1) or, not in the paper (docs/zeroseg.md),
+    # "one_to_one" (Hungarian) or "coverage" (each token's segment to the cells covering that token).
+    cfg.MODEL.ZEROSEG.MATCHING = "nearest"
+    # Not in the paper: weight of the reverse matching term (each cell to its nearest segment); 0 = off.
+    cfg.MODEL.ZEROSEG.REVERSE_MATCHING_WEIGHT = 0.0
     # Inference: group-class scores = softmax(LOGIT_SCALE * cosine); the classes of a group are
     # limited to the TEST_TOPK_CLASSES best classes of the global embedding (GroupViT; 0 = off);
     # a "background" class in the vocabulary wins where the best score is below the threshold
@@ -127,6 +134,8 @@ def add_ovss_config(cfg: CN) -> None:
     cfg.MODEL.ZEROSEG.LOGIT_SCALE = 100.0
     cfg.MODEL.ZEROSEG.TEST_TOPK_CLASSES = 5
     cfg.MODEL.ZEROSEG.BACKGROUND_THRESHOLD = 0.95
+    # GroupViT's rule: the threshold is capped by the image's best group probability (False: plain threshold).
+    cfg.MODEL.ZEROSEG.BACKGROUND_CAP = True
     # Unlabeled-image mapper (CenterCropImageMapper): shortest edge resized to this, centre crop.
     cfg.INPUT.CENTER_CROP_SIZE = 224
 

@@ -123,11 +123,13 @@ def test_structured_text_makes_matching_classes_win_the_first_rejection():
     assert set(range(s)) <= kept and len(kept) < n // 3 < len(kept_noise)
 
 
-def test_fast_paths_benchmark_tool(tmp_path):
+def test_fast_paths_benchmark_tool(tmp_path, small_tiny_clip):
+    # trained CLIP weights: bf16 is compared on the activations of a trained network, not of a random one
     tool = _tool("benchmark_fast_paths")
     rows = tool.main(["--config-file", ERR_TOY, "--classes", "12", "--topk", "4", "--runs", "1", "--image-size",
                       "48", "48", "--class-chunk", "5", "--output", str(tmp_path / "fp"),
-                      "--opts", "MODEL.ERR_SEG.TEST_RESOLUTION", "(64, 64)"])
+                      "--opts", "MODEL.ERR_SEG.TEST_RESOLUTION", "(64, 64)",
+                      "MODEL.ERR_SEG.CLIP_RESOLUTION", "(128, 128)", "MODEL.CLIP.PRETRAINED", small_tiny_clip[1]])
     by_name = {r["variant"]: r for r in rows}
     assert by_name["fp32 (plain)"]["speedup"] == 1.0 and by_name["fp32 (plain)"]["max_abs_prob_diff"] == 0
     assert by_name["fp32, rejection code before this work"]["host_syncs"] == 1  # the CRM weights' host copy

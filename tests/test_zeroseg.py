@@ -1,4 +1,5 @@
 import filecmp
+import itertools
 import os
 
 import numpy as np
@@ -14,8 +15,11 @@ from ovss_d2.engine import OVSSTrainer, load_config
 from ovss_d2.engine.teacher_features import build_teacher_cache
 from ovss_d2.modeling.backbones import masked_patch_mse
 from ovss_d2.modeling.backbones.masked_vit import random_keep_indices
-from ovss_d2.modeling.distillation import grid_boxes, local_view_mask, multi_scale_views, segment_matching_loss
-from ovss_d2.modeling.grouping import compose_assignments, straight_through_assign
+from ovss_d2.modeling.distillation import (coverage_matching_loss, grid_boxes, local_view_mask, multi_scale_views,
+                                           one_to_one_matching_loss, reverse_matching_loss, segment_matching_loss,
+                                           token_cell_overlap)
+from ovss_d2.modeling.grouping import (compose_assignments, mean_pairwise_cosine, segment_statistics,
+                                       straight_through_assign)
 
 
 def zeroseg_cfg(config="toy/zeroseg_toy.yaml", *extra):
@@ -50,7 +54,8 @@ def test_model_matching_uses_grid_cells_only(tiny_zeroseg):
     teacher = F.normalize(torch.randn(2, v, d), dim=-1)
     teacher[:, 0] = segments[:, 0]  # the whole-image view equals a segment: must not count as a match
     dist = (segments[:, :, None] - teacher[:, None, 1:]).abs().mean(-1).min(-1).values.sum(-1).mean()
-    assert tiny_zeroseg.segment_matching(segments, teacher).item() == pytest.approx(dist.item(), rel=1e-6)
+    assert tiny_zeroseg.segment_matching({"segments": segments}, teacher).item() == pytest.approx(
+        dist.item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("size", [(224, 224), (37, 53)])
@@ -231,3 +236,139 @@ def test_paper_config_builds_with_documented_parts():
     assert model.clip.name == "ViT-L-14" and param_counts(model.clip)[1] == 0
     assert model.head.projector.fc2.out_features == 768  # CLIP ViT-L/14's embedding
     assert model.mask_ratio == 0.6 and model.image_size == 224 and model.grids == [1, 2, 3, 4]
+
+
+# ---- segment matching variants (not in the paper; MODEL.ZEROSEG.MATCHING, REVERSE_MATCHING_WEIGHT) ----
+def _l1(a, b):
+    return (F.normalize(a, dim=-1) - b).abs().mean().item()
+
+
+def test_reverse_and_one_to_one_matching_by_hand():
+    views = F.normalize(torch.tensor([[[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]]), dim=-1)  # (1, V'=3, 2)
+    collapsed = views[:, [0, 0]].clone()  # both segments equal cell 0
+    assert segment_matching_loss(collapsed, views).item() == pytest.approx(0.0)  # Eq. 1 cannot tell
+    # reverse: every cell to its nearest segment: 0, d(c1, c0), d(c2, c0); mean over cells x G
+    expected = (0 + _l1(views[0, 1], views[0, 0]) + _l1(views[0, 2], views[0, 0])) / 3 * 2
+    assert reverse_matching_loss(collapsed, views).item() == pytest.approx(expected, rel=1e-6)
+    # one-to-one: the two segments must take different cells; the best pair by brute force
+    segments = torch.tensor([[[1.0, 0.1], [0.9, 0.2]]])
+    best = min(_l1(segments[0, 0], views[0, i]) + _l1(segments[0, 1], views[0, j])
+               for i, j in itertools.permutations(range(3), 2))
+    assert one_to_one_matching_loss(segments, views).item() == pytest.approx(best, rel=1e-6)
+    assert one_to_one_matching_loss(segments, views).item() > segment_matching_loss(segments, views).item()
+    with pytest.raises(ValueError, match="at most as many segments"):
+        one_to_one_matching_loss(torch.randn(1, 4, 2), views)
+
+
+@pytest.mark.parametrize("grid,patch,grids", [((4, 4), 3, [1, 3]), ((6, 5), 4, [1, 2, 4]), ((2, 2), 8, [2])])
+def test_token_cell_overlap_against_pixel_masks(grid, patch, grids):
+    h, w = grid
+    overlap = token_cell_overlap(grid, patch, grids)
+    boxes = grid_boxes(h * patch, w * patch, [g for g in grids if g != 1])
+    assert overlap.shape == (len(boxes), h * w)
+    token = np.arange(h * w).reshape(h, w).repeat(patch, 0).repeat(patch, 1)  # pixel -> its patch token
+    for v, (y0, y1, x0, x1) in enumerate(boxes):
+        inside = np.bincount(token[y0:y1, x0:x1].reshape(-1), minlength=h * w) / patch ** 2
+        assert np.allclose(overlap[v].numpy(), inside)
+    n_local = len([g for g in grids if g != 1])
+    assert torch.allclose(overlap.sum(0), torch.full((h * w,), float(n_local)))  # each grid tiles the image
+
+
+def test_coverage_matching_by_hand_and_its_gradient():
+    # 4 tokens, one 2x1 grid: tokens 0, 1 in cell 0, tokens 2, 3 in cell 1; token 1 half in each cell
+    views = F.normalize(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), dim=-1)  # (1, V'=2, D=2)
+    overlap = torch.tensor([[[1.0, 0.5, 0.0, 0.0], [0.0, 0.5, 1.0, 1.0]]])  # (1, V', K=4)
+    segments = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # (1, G=2, D): segment 0 = cell 0, 1 = cell 1
+    logits = torch.zeros(1, 2, 4, requires_grad=True)
+    assign = straight_through_assign(logits + torch.tensor([[[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]]]), dim=1)
+    loss = coverage_matching_loss(segments, assign, views, overlap)
+    d = _l1(segments[0, 0], views[0, 1])  # segment-to-other-cell distance (1.0 here)
+    # token 0: 0, token 1 (segment 0, half in cell 1): d / 2, tokens 2, 3: 0 -> mean d / 8, times G = 2
+    assert loss.item() == pytest.approx(d / 8 * 2, rel=1e-6)
+    loss.backward()
+    # token 2 sits in cell 1: the gradient raises its logit for segment 1 relative to segment 0
+    assert logits.grad[0, 1, 2] < logits.grad[0, 0, 2]
+    # all segments equal to one cell (Eq. 1's zero) costs the distance to the other cell
+    collapsed = views[:, [0, 0]].clone()
+    assert segment_matching_loss(collapsed, views).item() == pytest.approx(0.0)
+    assert coverage_matching_loss(collapsed, assign.detach(), views, overlap).item() > 0.2
+
+
+@pytest.mark.parametrize("matching,reverse", [("nearest", 0.0), ("one_to_one", 0.0), ("coverage", 0.0),
+                                              ("nearest", 1.0)])
+def test_matching_switches_train(matching, reverse):
+    torch.manual_seed(0)
+    model = OVSSTrainer.build_model(zeroseg_cfg("toy/zeroseg_toy.yaml", "MODEL.ZEROSEG.MATCHING", matching,
+                                                "MODEL.ZEROSEG.REVERSE_MATCHING_WEIGHT", str(reverse))).train()
+    size = model.image_size
+    losses = model([{"image": torch.randint(0, 255, (3, size, size), dtype=torch.uint8)} for _ in range(2)])
+    assert ("loss_reverse_matching" in losses) == (reverse > 0)
+    sum(losses.values()).backward()
+    grouping_grad = model.head.grouping[-1].assign.q.weight.grad
+    # only the coverage matching reaches the last assignment directly (straight-through): the others
+    # reach it through the global branch and the segment values alone
+    assert grouping_grad is not None and torch.isfinite(grouping_grad).all()
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_paper_config_keeps_the_paper_settings():
+    cfg = zeroseg_cfg("zeroseg/zeroseg_vitb16_in1k.yaml")
+    z = cfg.MODEL.ZEROSEG
+    assert z.MATCHING == "nearest" and z.REVERSE_MATCHING_WEIGHT == 0.0 and z.TEACHER_VIEW_SIZE == 0
+    for name in ("voc_21", "pcontext_60", "coco_object_81"):
+        e = zeroseg_cfg(f"zeroseg/eval_zeroseg_vitb16_{name}.yaml").MODEL.ZEROSEG
+        assert e.MATCHING == "nearest" and e.TEST_TOPK_CLASSES == 5 and e.BACKGROUND_CAP
+
+
+# ---- GroupViT's inference rules (switches) -------------------------------------------------------
+def _labels_with(model, segments, global_embedding, groups, text, threshold, topk, cap):
+    model.segment = lambda image: {"segments": segments, "global": global_embedding, "groups": groups}
+    model.class_embeddings = lambda names: text
+    model.background_threshold, model.test_topk_classes, model.background_cap = threshold, topk, cap
+    try:
+        return model([{"image": torch.zeros(3, *groups.shape, dtype=torch.uint8)}])[0]["sem_seg"].argmax(0)
+    finally:
+        del model.segment, model.class_embeddings
+
+
+def test_groupvit_rules_are_switches(tiny_zeroseg):
+    model = tiny_zeroseg.eval()
+    model.set_vocabulary(["background", "cat", "dog", "cow"])
+    d = model.clip.embed_dim
+    text = torch.zeros(3, 1, d)
+    for i in range(3):
+        text[i, 0, i] = 1.0
+    groups = torch.zeros(8, 8, dtype=torch.long)
+    groups[:, 4:] = 1
+    segments = torch.zeros(2, d)
+    segments[0, :3] = torch.tensor([1.0, 0.99, 0.0])  # cat vs dog undecided: p(cat) = 0.67
+    segments[1, :3] = torch.tensor([0.0, 0.97, 1.0])  # cow, p(cow) = 0.90
+    saved = model.background_threshold, model.test_topk_classes, model.background_cap
+    try:
+        # plain threshold 0.99: both groups are below it -> all background
+        labels = _labels_with(model, segments, segments.sum(0), groups, text, 0.99, 0, False)
+        assert (labels == 0).all()
+        # GroupViT's cap: the threshold becomes the best group probability (0.90): cow stays
+        labels = _labels_with(model, segments, segments.sum(0), groups, text, 0.99, 0, True)
+        assert (labels[:, 4:] == 3).all() and (labels[:, :4] == 0).all()
+        # top-1 class of z = cow only: group 0 is renormalised onto cow, times its small p(cow)
+        z = torch.zeros(d)
+        z[2] = 1.0
+        scores = model.group_class_scores(segments, z, text[:, 0])
+        model.test_topk_classes = 1
+        restricted = model.group_class_scores(segments, z, text[:, 0])
+        assert torch.allclose(restricted[:, :2], torch.zeros(2, 2)) and torch.allclose(restricted[:, 2], scores[:, 2])
+    finally:
+        model.background_threshold, model.test_topk_classes, model.background_cap = saved
+
+
+# ---- collapse diagnostics -------------------------------------------------------------------------
+def test_collapse_statistics_by_hand():
+    e = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
+    c = 1 / np.sqrt(2)
+    assert mean_pairwise_cosine(e) == pytest.approx((0 + c + c) / 3)
+    assert mean_pairwise_cosine(e[[0, 0, 0]]) == pytest.approx(1.0)
+    groups = torch.tensor([[0, 0, 0], [2, 2, 0]])
+    stats = segment_statistics(e, groups)
+    assert stats["groups_used"] == 2 and stats["largest_group"] == pytest.approx(4 / 6)
+    assert stats["used_segment_cosine"] == pytest.approx(c)

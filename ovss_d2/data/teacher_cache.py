@@ -3,7 +3,8 @@ training image (the only augmentation is a centre crop, so they never change).
 
 Layout of a cache directory::
 
-    index.json          what was computed: teacher, views, crop size, shard size, the image list
+    index.json          what was computed: teacher, views (grids, the size each view is resized to),
+                        crop size, shard size, the image list
     shard_00000.npy     (n, V, D) float16, images [0, shard_size) of the list, in order
     shard_00001.npy     ...
 
@@ -29,9 +30,13 @@ def shard_path(root: str, shard: int) -> str:
     return os.path.join(root, f"shard_{shard:05d}.npy")
 
 
-def cache_description(teacher: str, grids: Sequence[int], size: int, files: Sequence[str], shard_size: int) -> Dict:
+def cache_description(teacher: str, grids: Sequence[int], size: int, files: Sequence[str], shard_size: int,
+                      crop_size: Optional[int] = None) -> Dict:
+    """``size``: what every view is resized to for the teacher; ``crop_size``: the training crop the
+    views are cut from (default ``size``)."""
     return {"version": CACHE_VERSION, "teacher": teacher, "grids": list(grids), "size": int(size),
-            "shard_size": int(shard_size), "num_images": len(files), "files": list(files)}
+            "crop_size": int(crop_size or size), "shard_size": int(shard_size), "num_images": len(files),
+            "files": list(files)}
 
 
 def write_shards(root: str, records: List[Dict], compute: Callable[[List[Dict]], np.ndarray], shard_size: int,
@@ -82,6 +87,7 @@ class TeacherFeatureCache:
                 f"with: {BUILD_COMMAND}, or set MODEL.ZEROSEG.TEACHER_CACHE '' to compute the teacher on the fly.")
         with open(index) as f:
             self.description = json.load(f)
+        self.description.setdefault("crop_size", self.description.get("size"))  # caches from before the key
         for key, value in (expect or {}).items():
             if self.description.get(key) != value:
                 raise ValueError(
@@ -94,7 +100,8 @@ class TeacherFeatureCache:
     @classmethod
     def for_config(cls, cfg, root: str) -> "TeacherFeatureCache":
         z = cfg.MODEL.ZEROSEG
-        return cls(root, {"teacher": teacher_name(cfg), "grids": list(z.GRIDS), "size": int(z.IMAGE_SIZE)})
+        return cls(root, {"teacher": teacher_name(cfg), "grids": list(z.GRIDS), "size": teacher_view_size(cfg),
+                          "crop_size": int(cfg.INPUT.CENTER_CROP_SIZE)})
 
     def __len__(self) -> int:
         return len(self.position)
@@ -109,6 +116,19 @@ class TeacherFeatureCache:
         return self._shards[shard][row]
 
 
+def teacher_view_size(cfg) -> int:
+    """The size every view is resized to for the teacher: MODEL.ZEROSEG.TEACHER_VIEW_SIZE, or
+    IMAGE_SIZE when it is 0."""
+    return int(cfg.MODEL.ZEROSEG.TEACHER_VIEW_SIZE or cfg.MODEL.ZEROSEG.IMAGE_SIZE)
+
+
 def teacher_name(cfg) -> str:
-    """What identifies the teacher's weights in a cache's description."""
-    return f"{cfg.MODEL.CLIP.NAME}:{cfg.MODEL.CLIP.PRETRAINED}"
+    """What identifies the teacher's weights in a cache's description. ``toyworld`` names the
+    checkpoint file it stands for (its name carries the tiny CLIP's training settings), so a cache
+    made with another recipe's teacher is refused."""
+    name, pretrained = cfg.MODEL.CLIP.NAME, cfg.MODEL.CLIP.PRETRAINED
+    if pretrained == "toyworld":
+        from .toyworld.tiny_clip import default_checkpoint_path
+
+        pretrained = f"toyworld:{os.path.basename(default_checkpoint_path(name))}"
+    return f"{name}:{pretrained}"

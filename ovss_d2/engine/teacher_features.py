@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from ..data.image_folder import CenterCropImageMapper
 from ..data.io import UnreadableImageError
-from ..data.teacher_cache import cache_description, finalize, teacher_name, write_shards
+from ..data.teacher_cache import cache_description, finalize, teacher_name, teacher_view_size, write_shards
 from ..modeling.clip import CLIPWrapper
 from ..modeling.distillation import num_views, teacher_view_features
 
@@ -48,7 +48,7 @@ def build_teacher_cache(cfg, output: str, dataset: Optional[str] = None, shard_s
     clip = CLIPWrapper.from_config(cfg).to(device).eval()
     mean = torch.tensor(clip.pixel_mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(clip.pixel_std, device=device).view(1, 3, 1, 1)
-    grids, size = list(z.GRIDS), int(z.IMAGE_SIZE)
+    grids, size = list(z.GRIDS), teacher_view_size(cfg)
 
     def compute(part):
         loader = DataLoader(_CroppedImages(part, cfg.INPUT.CENTER_CROP_SIZE), batch_size=batch_size,
@@ -67,5 +67,6 @@ def build_teacher_cache(cfg, output: str, dataset: Optional[str] = None, shard_s
     comm.synchronize()
     if comm.is_main_process():
         files = [r["file_name"] for r in records]
-        return finalize(output, cache_description(teacher_name(cfg), grids, size, files, shard_size))
+        return finalize(output, cache_description(teacher_name(cfg), grids, size, files, shard_size,
+                                                  cfg.INPUT.CENTER_CROP_SIZE))
     return True

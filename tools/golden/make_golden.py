@@ -1,16 +1,20 @@
 #!/usr/bin/env python
 """Golden outputs of the authors' SED and ERR-Seg code, for ``tests/test_golden.py``.
 
-    python tools/golden/make_golden.py sed /path/to/SED-checkout
-    python tools/golden/make_golden.py err_seg /path/to/ERR-Seg-checkout
+    python tools/golden/make_golden.py sed /path/to/SED-checkout              # sed_convnext_b.npz
+    python tools/golden/make_golden.py err_seg /path/to/ERR-Seg-checkout      # err_seg_convnext_b.npz
+    python tools/golden/make_golden.py sed /path/to/SED-checkout --size l     # sed_convnext_l.npz
+    python tools/golden/make_golden.py err_seg /path/to/ERR-Seg-checkout --size l
 
 For maintainers: the tests read the ``.npz`` files written here and never need the authors' code.
 The checkout (https://github.com/xb534/SED, https://github.com/lchen1019/ERR-Seg) is used as it is:
 nothing of it is copied, built or installed. Its vendored ``open_clip`` is put first on the import
 path, so this runs in a process of its own and imports nothing of ovss-d2. Their code needs
 ``einops`` (their requirements.txt) besides this environment's torch, timm and detectron2, e.g.
-``pip install --target /tmp/einops einops`` and ``PYTHONPATH=/tmp/einops``. It takes a few minutes
-on a CPU (SED builds three ConvNeXt-B CLIPs per model and embeds 80 templates per class).
+``pip install --target /tmp/einops einops`` and ``PYTHONPATH=/tmp/einops``. On one CPU thread
+SED takes about 2 min for ConvNeXt-B and 3.5 min for ConvNeXt-L (it builds three ConvNeXt CLIPs per
+model and embeds 80 templates per class), ERR-Seg 0.5 and 1 min; ConvNeXt-L (``--size l``: their
+``convnextL`` config) needs about 7 GiB of memory.
 
 Runtime shims only, no code change: no download (open_clip is asked for no pretrained weights:
 every tensor is then set from ``seeded.py``), ``.cuda()`` is a no-op (CPU), ``torch.histc`` counts
@@ -18,9 +22,15 @@ integer inputs as floats (ERR-Seg's CRM; CUDA's histc takes integers, the CPU's 
 removed ``Image.LINEAR`` alias (detectron2 v0.6), and settings their configs or scripts set, put on
 the built modules: the input resolution (SED hard-codes 768; 128 here keeps the tests fast), SED's
 ``TEST.FAST_INFERENCE`` / ``TEST.TOPK``, ERR-Seg's ``SAMPLE_CLASSES_NUM`` (eval.sh's per-benchmark
-value) and stochastic depth off for the training step (the compared gradients need the same
-layers). SED's text embeddings are computed by their own ``class_embeddings`` after the seeded
-weights are loaded (their constructor computes them from the CLIP weights it loads).
+value) and stochastic depth and dropout off for the training step (the compared gradients need the
+same layers; their ConvNeXt-L image tower has both: drop path 0.1, head dropout 0.1). SED's text
+embeddings are computed by their own ``class_embeddings`` after the seeded weights are loaded (their
+constructor computes them from the CLIP weights it loads).
+
+The settings are chosen so that no outcome hinges on float32 rounding (asserted): SED's early
+rejection and ERR-Seg's CRM decisions have margins, and the training step's gradients, recomputed
+with the model in float64, agree with the float32 ones within 1e-5 of the largest (with a ReLU input
+within rounding of 0 they depend on the order of the sums, up to 1e-3 of the largest).
 
 Every tensor of their model's state dict is drawn from a generator seeded by its key
 (``seeded.seeded_state_dict``); the tests rebuild the same weights from the official manifests in
@@ -39,7 +49,9 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# The settings of the golden runs (stored in the outputs; the tests read them from there).
+# The settings of the golden runs (stored in the outputs; the tests read them from there). ConvNeXt-L
+# runs the same settings with the authors' ConvNeXt-L config (other class names for SED-L, other
+# labels for ERR-Seg-L's training step, see below).
 SED = {
     "config": "configs/convnextB_768.yaml",
     "classes": ["sky", "tree", "road", "person"],
@@ -60,6 +72,17 @@ ERR_SEG = {
     # image 0: 2 ground-truth classes (the authors fill up with their lowest-id candidates);
     # image 1: 5 ground-truth classes, more than CRM_TRAIN (they keep the 4 lowest ids)
     "train_blocks": [[[6, 6], [9, 6]], [[8, 2, 7], [5, 8, 4]]],
+}
+SETTINGS = {
+    ("sed", "b"): SED,
+    # on the ConvNeXt-L weights each of SED-B's four classes is the best somewhere (early rejection
+    # would reject none); with these four it rejects "grass" at the first layer
+    ("sed", "l"): dict(SED, config="configs/convnextL_768.yaml", classes=["car", "building", "grass", "water"]),
+    ("err_seg", "b"): ERR_SEG,
+    # with B's labels a ReLU input of the L decoder is within float32 rounding of 0 (see
+    # assert_float32_robust); classes 6 and 7 swapped, none is
+    ("err_seg", "l"): dict(ERR_SEG, config="configs/convnextL_640.yaml",
+                           train_blocks=[[[7, 7], [9, 7]], [[8, 2, 6], [5, 8, 4]]]),
 }
 
 
@@ -117,11 +140,6 @@ def load_seeded(model):
     return manifest_digest(shapes)
 
 
-def no_drop_path(model) -> None:
-    for m in model.modules():
-        if type(m).__name__ == "DropPath":
-            m.drop_prob = 0.0
-
 
 def inference(model, image):
     import torch
@@ -152,14 +170,44 @@ def training_step(model, settings):
     return out
 
 
-def run_sed(checkout: str):
+def assert_float32_robust(model, settings, out, rng_state, float64_inside=()) -> None:
+    """The golden step must not hinge on float32 rounding: the same step in float64 gives the same
+    gradients within 1e-5 of the largest, 10x below the tests' tolerance. A ReLU input within
+    rounding of 0 fails this: its gradient is then on or off depending on the order of the sums
+    (ERR-Seg-B's labels do that on the ConvNeXt-L weights, to 1e-3 of the largest gradient).
+    ``float64_inside``: modules whose ``torch.empty`` buffers must be float64 (the default dtype is
+    switched while they run)."""
+    import torch
+
+    model.double()
+    for module in float64_inside:
+        def forward64(*args, _forward=module.forward, **kwargs):
+            torch.set_default_dtype(torch.float64)
+            try:
+                return _forward(*args, **kwargs)
+            finally:
+                torch.set_default_dtype(torch.float32)
+
+        module.forward = forward64
+    for p in model.parameters():
+        p.grad = None
+    torch.set_rng_state(rng_state)
+    out64 = training_step(model, settings)
+    assert list(out64["train/grad_keys"]) == list(out["train/grad_keys"])
+    largest = float(out["train/grad_absmax"].max())
+    diff = max(float(np.nanmax(np.abs(out64["train/grad_samples"] - out["train/grad_samples"]))),
+               float(np.abs(out64["train/grad_absmax"] - out["train/grad_absmax"]).max()))
+    print(f"float32 vs float64 gradients: {diff:.2e} ({diff / largest:.1e} of the largest)")
+    assert diff < 1e-5 * largest, f"float32 and float64 gradients differ by {diff / largest:.1e} of the largest"
+
+
+def run_sed(checkout: str, st):
     import torch
     from sed import add_sed_config
     from sed.modeling.transformer.sed_predictor import SEDPredictor
     from sed.third_party import imagenet_templates
-    from seeded import golden_image
+    from seeded import golden_image, no_stochastic_layers
 
-    st = SED
     real_embeddings = SEDPredictor.class_embeddings
     SEDPredictor.class_embeddings = lambda self, names, templates, clip: torch.zeros(len(templates), len(names), 1)
 
@@ -199,16 +247,20 @@ def run_sed(checkout: str):
     del model
     model, digest2 = model_for("[2,2]")  # training
     assert digest == digest2
-    no_drop_path(model)
+    no_stochastic_layers(model)
+    rng = torch.get_rng_state()
     out.update(training_step(model, st))
+    p = model.sem_seg_head.predictor  # its text features are no buffers: model.double() leaves them
+    p.text_features, p.text_features_test = p.text_features.double(), p.text_features_test.double()
+    assert_float32_robust(model, st, out, rng)
     return out, digest
 
 
-def run_err_seg(checkout: str):
+def run_err_seg(checkout: str, st):
+    import torch
     from err_seg import add_err_seg_config
-    from seeded import golden_image
+    from seeded import golden_image, no_stochastic_layers
 
-    st = ERR_SEG
     r = st["resolution"]
     model = build(checkout, add_err_seg_config, st["config"], st["classes"],
                   ["INPUT.CROP.SIZE", f"({r}, {r})", "INPUT.SIZE_DIVISIBILITY", str(st["train_size"]),
@@ -234,10 +286,13 @@ def run_err_seg(checkout: str):
     out["eval/scores"] = inference(model, image)
     model.sem_seg_head.tokens = model.sem_seg_head.cache = None  # their text caches (same vocabulary)
     decoder.K = st["crm_train"]
-    no_drop_path(model)
+    no_stochastic_layers(model)
+    rng = torch.get_rng_state()
     out.update(training_step(model, st))
     out["train/kept"] = np.sort(selected[-1].numpy(), axis=1)
     assert all(gap > 2 * ties + 1e-3 for ties, gap in margins), f"a CRM choice is close to a tie: {margins}"
+    assert_float32_robust(model, st, out, rng, float64_inside=[decoder])  # its buffers: torch.empty
+    assert np.sort(selected[-1].numpy(), axis=1).tolist() == out["train/kept"].tolist()
     return out, digest
 
 
@@ -262,19 +317,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("method", choices=["sed", "err_seg"])
     parser.add_argument("checkout", help="a git checkout of the authors' repository")
-    parser.add_argument("--output", default="", help=f"default: {HERE}/<method>_convnext_b.npz")
+    parser.add_argument("--size", choices=["b", "l"], default="b", help="ConvNeXt-B or ConvNeXt-L (default: b)")
+    parser.add_argument("--output", default="", help=f"default: {HERE}/<method>_convnext_<size>.npz")
     args = parser.parse_args()
     checkout = os.path.abspath(args.checkout)
     commit = subprocess.run(["git", "-C", checkout, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     install_shims(checkout)
-    outputs, digest = run_sed(checkout) if args.method == "sed" else run_err_seg(checkout)
-    settings = SED if args.method == "sed" else ERR_SEG
+    settings = SETTINGS[args.method, args.size]
+    outputs, digest = (run_sed if args.method == "sed" else run_err_seg)(checkout, settings)
     outputs["settings"] = np.array(json.dumps(settings))
     outputs["manifest_digest"] = np.array(digest)
     outputs["authors_commit"] = np.array(commit)
-    path = args.output or os.path.join(HERE, f"{args.method}_convnext_b.npz")
+    path = args.output or os.path.join(HERE, f"{args.method}_convnext_{args.size}.npz")
     np.savez_compressed(path, **outputs)
-    print(f"wrote {path} ({os.path.getsize(path) / 1024:.0f} KiB) from {args.method} at {commit}")
+    size = os.path.getsize(path) / 1024
+    print(f"wrote {path} ({size:.0f} KiB) from {args.method} ({settings['config']}) at {commit}")
     for k, v in outputs.items():
         if k.startswith("train/loss"):
             print(f"  {k} = {float(v):.8f}")

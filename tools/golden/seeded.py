@@ -90,3 +90,12 @@ def golden_labels(height: int, width: int, blocks: Sequence[Sequence[int]], igno
     label = np.asarray(blocks, np.int64)[y * rows // height, x * cols // width]
     label[0], label[-1], label[:, 0], label[:, -1] = ignore, ignore, ignore, ignore
     return torch.from_numpy(label)
+
+
+def no_stochastic_layers(model: torch.nn.Module) -> None:
+    """Stochastic depth and dropout off, in place (for a training step compared across codebases)."""
+    for m in model.modules():
+        if type(m).__name__ == "DropPath":
+            m.drop_prob = 0.0
+        elif isinstance(m, torch.nn.Dropout):
+            m.p = 0.0

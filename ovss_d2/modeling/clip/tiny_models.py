@@ -14,7 +14,7 @@ default_cfgs = {"convnext_ovss_tiny": {"description": "ovss-d2's tiny ConvNeXt; 
 def convnext_ovss_tiny(pretrained: bool = False, **kwargs) -> ConvNeXt:
     if pretrained:
         raise ValueError("convnext_ovss_tiny has no pretrained weights.")
-    kwargs.setdefault("depths", (1, 1, 2, 1))
+    kwargs.setdefault("depths", (2, 2, 2, 2))  # two blocks a stage: dense features learn much faster than 1-1-2-1
     kwargs.setdefault("dims", (32, 64, 128, 256))
     return build_model_with_cfg(ConvNeXt, "convnext_ovss_tiny", False,
                                 feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True), **kwargs)

@@ -12,3 +12,8 @@ from .clustering import (OnlineClusteringHead, cluster_average, iic_joint_distri
 
 __all__ += ["OnlineClusteringHead", "cluster_average", "iic_joint_distribution", "iic_loss", "kmeans",
             "mutual_information", "undo_hflip"]
+
+# collapse diagnostics of grouping models (tools/zeroseg_diagnostics.py)
+from .diagnostics import average_statistics, mean_pairwise_cosine, segment_statistics  # noqa: E402
+
+__all__ += ["average_statistics", "mean_pairwise_cosine", "segment_statistics"]

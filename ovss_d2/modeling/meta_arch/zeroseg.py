@@ -5,13 +5,17 @@ Training (images only, ``CenterCropImageMapper``): an MAE-style ViT encodes 40% 
 MAE decoder reconstructs the masked ones; a grouping head merges the visible tokens into segment
 tokens and a global embedding z. The teacher (``MODEL.CLIP``, paper: ViT-L/14) embeds the whole
 image and the cells of its 2x2, 3x3, 4x4 grids (cached or on the fly); losses: L1(z, every view),
-segment matching (each segment to its nearest grid cell) and the reconstruction MSE.
+segment matching (paper: each segment to its nearest grid cell; ``MATCHING`` and
+``REVERSE_MATCHING_WEIGHT`` switch to the variants that are not in the paper) and the
+reconstruction MSE.
 
 Inference: every patch visible, each pixel belongs to one final group, a group's class scores are
-softmax(scale * cosine(segment, text)); a ``background`` class in the vocabulary takes the pixels
-whose best score is below the threshold (GroupViT's protocol).
+softmax(scale * cosine(segment, text)), with GroupViT's two rules as switches (the image's top-k
+classes, ``TEST_TOPK_CLASSES``; the background threshold capped by the best group probability,
+``BACKGROUND_CAP``); a ``background`` class in the vocabulary takes the pixels whose best score is
+below the threshold.
 """
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,13 +25,15 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
 from ..backbones import MAEDecoder, MaskedViTEncoder, masked_patch_mse
-from ..distillation import (local_view_mask, multiscale_distillation_loss, segment_matching_loss,
-                            teacher_view_features)
+from ..distillation import (coverage_matching_loss, local_view_mask, multiscale_distillation_loss,
+                            one_to_one_matching_loss, reverse_matching_loss, segment_matching_loss,
+                            teacher_view_features, token_cell_overlap)
 from ..grouping import assignment_to_pixels, compose_assignments
 from ..heads import GroupingSegmentationHead
 from .base import OpenVocabSegmentor
 
 BACKGROUND = "background"
+MATCHING_MODES = ("nearest", "one_to_one", "coverage")
 
 
 def is_background(name: str) -> bool:
@@ -41,19 +47,24 @@ class ZeroSeg(OpenVocabSegmentor):
     @configurable
     def __init__(self, *, encoder: MaskedViTEncoder, decoder: MAEDecoder, head: GroupingSegmentationHead,
                  image_size: int = 224, mask_ratio: float = 0.6, grids=(1, 2, 3, 4), norm_pix_loss: bool = True,
-                 loss_weights: Dict[str, float] = None, logit_scale: float = 100.0, test_topk_classes: int = 5,
-                 background_threshold: float = 0.95, **kwargs):
+                 loss_weights: Dict[str, float] = None, matching: str = "nearest", teacher_view_size: int = 0,
+                 logit_scale: float = 100.0, test_topk_classes: int = 5, background_threshold: float = 0.95,
+                 background_cap: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.clip.set_trainable(image=False, text=False)  # the teacher and the text encoder stay frozen
         self.encoder, self.decoder, self.head = encoder, decoder, head
         self.image_size, self.mask_ratio, self.grids = image_size, mask_ratio, list(grids)
+        self.teacher_view_size = teacher_view_size or image_size
         if 1 not in self.grids:
             raise ValueError(f"MODEL.ZEROSEG.GRIDS {self.grids} must include 1 (the whole image).")
+        if matching not in MATCHING_MODES:
+            raise ValueError(f"MODEL.ZEROSEG.MATCHING {matching!r} is not one of {MATCHING_MODES}.")
         self.register_buffer("local_views", local_view_mask(self.grids), persistent=False)
-        self.norm_pix_loss = norm_pix_loss
-        self.loss_weights = dict(loss_weights or {"distill": 1.0, "matching": 1.0, "reconstruction": 1.0})
+        self.norm_pix_loss, self.matching = norm_pix_loss, matching
+        self.loss_weights = {"distill": 1.0, "matching": 1.0, "reverse_matching": 0.0, "reconstruction": 1.0,
+                             **(loss_weights or {})}
         self.logit_scale, self.test_topk_classes = logit_scale, test_topk_classes
-        self.background_threshold = background_threshold
+        self.background_threshold, self.background_cap = background_threshold, background_cap
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -68,9 +79,10 @@ class ZeroSeg(OpenVocabSegmentor):
                                           gumbel=z.GUMBEL),
             image_size=z.IMAGE_SIZE, mask_ratio=z.MASK_RATIO, grids=z.GRIDS, norm_pix_loss=z.NORM_PIX_LOSS,
             loss_weights={"distill": z.DISTILL_WEIGHT, "matching": z.MATCHING_WEIGHT,
-                          "reconstruction": z.RECONSTRUCTION_WEIGHT},
+                          "reverse_matching": z.REVERSE_MATCHING_WEIGHT, "reconstruction": z.RECONSTRUCTION_WEIGHT},
+            matching=z.MATCHING, teacher_view_size=z.TEACHER_VIEW_SIZE,
             logit_scale=z.LOGIT_SCALE, test_topk_classes=z.TEST_TOPK_CLASSES,
-            background_threshold=z.BACKGROUND_THRESHOLD,
+            background_threshold=z.BACKGROUND_THRESHOLD, background_cap=z.BACKGROUND_CAP,
         )
         return kwargs
 
@@ -87,7 +99,7 @@ class ZeroSeg(OpenVocabSegmentor):
         attached them, else computed with the frozen CLIP."""
         if all("teacher_features" in x for x in batched_inputs):
             return torch.stack([x["teacher_features"] for x in batched_inputs]).to(self.device).float()
-        return teacher_view_features(self.clip, images, self.grids, self.image_size)
+        return teacher_view_features(self.clip, images, self.grids, self.teacher_view_size)
 
     def losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
         images = torch.stack([(x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std
@@ -105,17 +117,30 @@ class ZeroSeg(OpenVocabSegmentor):
         out = self.head(enc["tokens"])
         recon = self.decoder(enc["tokens"], enc["keep"], enc["grid"])
         w = self.loss_weights
-        return {
+        losses = {
             "loss_distill": w["distill"] * multiscale_distillation_loss(out["global"], teacher),
-            "loss_matching": w["matching"] * self.segment_matching(out["segments"], teacher),
+            "loss_matching": w["matching"] * self.segment_matching(out, teacher, enc),
             "loss_reconstruction": w["reconstruction"] * masked_patch_mse(
                 recon, images, enc["keep"], self.patch_size, self.norm_pix_loss),
         }
+        if w["reverse_matching"]:
+            losses["loss_reverse_matching"] = w["reverse_matching"] * reverse_matching_loss(
+                out["segments"], teacher[:, self.local_views])
+        return losses
 
-    def segment_matching(self, segments: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        """Segment matching of segments (B, G, D) against the grid-cell views of ``teacher`` (B, V, D):
-        the whole-image view is never a match."""
-        return segment_matching_loss(segments, teacher[:, self.local_views])
+    def segment_matching(self, head_out: Dict, teacher: torch.Tensor, enc: Optional[Dict] = None) -> torch.Tensor:
+        """Segment matching of the head's segments (B, G, D) against the grid-cell views of
+        ``teacher`` (B, V, D), the whole-image view never being a match: to the nearest cell (the
+        paper), one-to-one, or to the cells the segment's visible tokens cover (``enc``: the
+        encoder's ``keep`` (B, K) and ``grid``; ``head_out`` then needs the ``assignments``)."""
+        segments, local = head_out["segments"], teacher[:, self.local_views]
+        if self.matching == "nearest":
+            return segment_matching_loss(segments, local)
+        if self.matching == "one_to_one":
+            return one_to_one_matching_loss(segments, local)
+        assignment = compose_assignments([a["hard"] for a in head_out["assignments"]])  # (B, G, K)
+        overlap = token_cell_overlap(enc["grid"], self.patch_size, self.grids).to(segments.device)  # (V', L)
+        return coverage_matching_loss(segments, assignment, local, overlap[:, enc["keep"]].transpose(0, 1))
 
     # ---- inference -------------------------------------------------------------------------------
     def segment(self, image: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -127,10 +152,22 @@ class ZeroSeg(OpenVocabSegmentor):
         groups = assignment_to_pixels(assignment, enc["grid"], image.shape[-2:])[0]
         return {"segments": out["segments"][0], "global": out["global"][0], "groups": groups}
 
+    def segment_input(self, x: Dict) -> Dict:
+        """:meth:`segment` of one detectron2 input dict (``image`` (3, H, W) uint8): normalised and
+        padded to the patch size; ``groups`` is cropped back to (H, W), ``padded_groups`` keeps
+        the padded (Hp, Wp) map."""
+        image = ImageList.from_tensors([(x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std],
+                                       self.patch_size)
+        seg = self.segment(image.tensor[0])
+        h, w = image.image_sizes[0]
+        return {**seg, "padded_groups": seg["groups"], "groups": seg["groups"][:h, :w], "image_size": (h, w)}
+
     def group_class_scores(self, segments: torch.Tensor, global_embedding: torch.Tensor,
                            text: torch.Tensor) -> torch.Tensor:
         """(G, N) class probabilities of each group: softmax(scale * cosine) over the N classes, and
-        (GroupViT) renormalised over the image's ``test_topk_classes`` most likely classes."""
+        (GroupViT's rule, ``test_topk_classes`` > 0) renormalised over the image's k most likely
+        classes by z, then multiplied by the unrestricted probability (GroupViT's
+        ``GroupViTSegInference.encode_decode``)."""
         text = F.normalize(text, dim=-1)
         logits = self.logit_scale * F.normalize(segments, dim=-1) @ text.T
         probs = logits.softmax(-1)
@@ -150,16 +187,16 @@ class ZeroSeg(OpenVocabSegmentor):
         text = self.class_embeddings([names[i] for i in foreground]).mean(dim=1)  # (N_fg, D) over templates
         results = []
         for x in batched_inputs:
-            image = ImageList.from_tensors([(x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std],
-                                           self.patch_size)
-            seg = self.segment(image.tensor[0])
+            seg = self.segment_input(x)
             probs = self.group_class_scores(seg["segments"], seg["global"], text)  # (G, N_fg)
-            pixel = probs[seg["groups"]].permute(2, 0, 1)  # (N_fg, Hp, Wp)
+            pixel = probs[seg["padded_groups"]].permute(2, 0, 1)  # (N_fg, Hp, Wp)
             scores = pixel.new_zeros(len(names), *pixel.shape[-2:])
             scores[foreground] = pixel
             if background:
-                threshold = min(float(self.background_threshold), float(probs.max()))
+                threshold = float(self.background_threshold)
+                if self.background_cap:  # GroupViT: never more than the image's best group probability
+                    threshold = min(threshold, float(probs.max()))
                 scores[background[0]] = (pixel.max(dim=0).values < threshold).to(scores.dtype)
-            height, width = x.get("height", image.image_sizes[0][0]), x.get("width", image.image_sizes[0][1])
-            results.append({"sem_seg": sem_seg_postprocess(scores, image.image_sizes[0], height, width)})
+            height, width = x.get("height", seg["image_size"][0]), x.get("width", seg["image_size"][1])
+            results.append({"sem_seg": sem_seg_postprocess(scores, seg["image_size"], height, width)})
         return results

@@ -1,0 +1,46 @@
+"""Whether a grouping model's segments collapsed (ZeroSeg's diagnostics, ``tools/zeroseg_diagnostics.py``):
+how many of the final groups an image actually uses, how much of it the largest one takes, and how
+alike the segment embeddings are."""
+from typing import Dict, Iterable
+
+import torch
+import torch.nn.functional as F
+
+
+def mean_pairwise_cosine(embeddings: torch.Tensor) -> float:
+    """Mean cosine similarity over the G (G - 1) / 2 distinct pairs of (G, D) embeddings (NaN for
+    G < 2). 1.0 when every embedding points the same way."""
+    g = embeddings.shape[0]
+    if g < 2:
+        return float("nan")
+    e = F.normalize(embeddings.float(), dim=-1)
+    sim = e @ e.T
+    return float(sim.triu(diagonal=1).sum() / (g * (g - 1) / 2))
+
+
+def segment_statistics(segments: torch.Tensor, groups: torch.Tensor) -> Dict[str, float]:
+    """One image's collapse statistics.
+
+    segments: (G, D) segment embeddings; groups: (H, W) int64 final group of every pixel.
+    Returns ``groups_used`` (distinct groups among the pixels), ``largest_group`` (share of the
+    pixels in the largest group), ``segment_cosine`` (mean pairwise cosine of all G segments) and
+    ``used_segment_cosine`` (the same over the used groups only; NaN with fewer than two)."""
+    counts = torch.bincount(groups.reshape(-1), minlength=segments.shape[0])
+    used = counts > 0
+    return {
+        "groups_used": float(used.sum()),
+        "largest_group": float(counts.max() / counts.sum()),
+        "segment_cosine": mean_pairwise_cosine(segments),
+        "used_segment_cosine": mean_pairwise_cosine(segments[used]),
+    }
+
+
+def average_statistics(per_image: Iterable[Dict[str, float]]) -> Dict[str, float]:
+    """Mean of each statistic over the images (NaN entries skipped), with ``images`` the count."""
+    rows = list(per_image)
+    out = {"images": float(len(rows))}
+    for key in (rows[0] if rows else {}):
+        values = torch.tensor([r[key] for r in rows], dtype=torch.float64)
+        values = values[~values.isnan()]
+        out[key] = float(values.mean()) if len(values) else float("nan")
+    return out
