@@ -1,19 +1,23 @@
 """Contrastive training of a tiny open_clip CLIP on ToyWorld's caption corpus, and its zero-shot
 evaluation.
 
-The corpus (``captions`` split) shows the whole ToyWorld except the held-out pairs. Each batch
-mixes four kinds of image-text pairs, all drawn from that split:
+The corpus (``captions`` split) shows the whole ToyWorld except the held-out pairs. Each step
+mixes, all drawn from that split:
 
-* object crops, described by their full name in varied words ("a photo of a red star.", "a star
-  that is red."), by their colour alone ("a red shape.") or by their shape alone ("a star.");
+* object crops at 64 px, described by their full name in varied words ("a photo of a red striped
+  shape.", "a shape that is red and striped."), with their outline ("a red striped star."), by
+  their colour alone ("a red shape.", "something red.") or by their pattern alone ("a striped
+  shape.");
 * stuff windows ("a photo of a grass.", "a yellow wall.", "a wall.");
-* whole scenes with their captions, and random cells of scenes with a caption of what they hold
-  (the dense features then describe regions, not only centred crops).
+* whole scenes with their captions, and random windows of scenes with a caption of what they hold;
+* dense items (``region_scenes`` > 0): scenes at ``region_size`` through the trunk, each object box
+  and stuff window RoI-pooled from the stride-32 map, and single stride-32 cells that one class
+  covers, each against a text of its class, so that the dense features localise.
 
 A text is a positive of every image it describes: "a red shape." of every red object in the
-batch, "a star." of every star. The loss is a multi-positive InfoNCE in both directions. Being
-asked to match an object to its colour and its shape separately is what makes the embedding of
-an unseen pair ("green circle") land where both of its words point.
+batch, "a striped shape." of every striped one. The loss is a multi-positive InfoNCE in both
+directions. Being asked to match an object to its colour and its pattern separately is what makes
+the embedding of an unseen pair ("green plain shape") land where both of its words point.
 
 Hyper-parameters were chosen on held-out *development* pairs (``DEV_HELD_OUT``, removed from the
 corpus with ``holdout="dev"``), never on the unseen test classes.
@@ -141,6 +145,14 @@ def _label_map(root: str, split: str, record: Dict) -> np.ndarray:
     return np.asarray(Image.open(os.path.join(root, split, record["label"])))
 
 
+def cell_majority(label: np.ndarray, num_classes: int, grid: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The class covering most of each cell of a ``grid`` over an (H, W) label map (255: ignored)
+    and the fraction of the cell it covers: (h, w) fractions, (h, w) class ids."""
+    label = torch.from_numpy(label.astype(np.int64))
+    onehot = F.one_hot(label.clamp(max=num_classes - 1), num_classes).permute(2, 0, 1).float()
+    return F.adaptive_avg_pool2d(onehot * (label != 255), grid).max(0)
+
+
 def cell_caption(label: np.ndarray, box: Sequence[int], vocabulary: Sequence[str], outlines: Dict[str, str],
                  rng) -> Optional[str]:
     """A caption of what a window [x0, y0, x1, y1] of a label map holds: the objects (``outlines``:
@@ -205,8 +217,8 @@ def held_out(holdout: str) -> Tuple[str, ...]:
 class _Batches:
     """Draws training batches of (image index, box, text, Content) from the corpus."""
 
-    def __init__(self, root: str, split: str, excluded: Sequence[str], rng, context: int = 0):
-        self.rng, self.context = rng, context
+    def __init__(self, root: str, split: str, excluded: Sequence[str], rng):
+        self.rng = rng
         self.images, records = load_split(root, split)
         self.vocabulary = json.load(open(os.path.join(root, "meta.json")))["vocabularies"][split]
         excluded = set(excluded)
@@ -224,12 +236,7 @@ class _Batches:
         rng, out = self.rng, []
         for i, box, name, outline in (self.objects[j] for j in rng.integers(0, len(self.objects), n_obj)):
             text, req = object_text(*split_name(name), outline, rng)
-            if self.context:  # a window of `context` image pixels around the object (its scene scale)
-                cx, cy = (box[0] + box[2]) / 2 + rng.uniform(-6, 6), (box[1] + box[3]) / 2 + rng.uniform(-6, 6)
-                half = self.context * rng.uniform(0.85, 1.15) / 2
-                box = [cx - half, cy - half, cx + half, cy + half]
-            else:
-                box = list(np.array(box) + rng.uniform(-3, 3, 4))
+            box = list(np.array(box) + rng.uniform(-3, 3, 4))
             out.append((i, box, text, class_content(name, outline), req))
         for i, box, name in (self.stuff[j] for j in rng.integers(0, len(self.stuff), n_stuff)):
             text, req = stuff_text(name, rng)
@@ -268,10 +275,7 @@ class _Batches:
                 regions.append((pos, sb["box"], text, class_content(sb["name"]), req))
             if not cells_per_scene:
                 continue
-            label = torch.from_numpy(self.labels[i].astype(np.int64))
-            frac = F.adaptive_avg_pool2d(F.one_hot(label.clamp(max=len(self.vocabulary) - 1),
-                                                   len(self.vocabulary)).permute(2, 0, 1).float(), grid)
-            best, cls = frac.max(0)
+            best, cls = cell_majority(self.labels[i], len(self.vocabulary), (grid, grid))
             ys, xs = torch.nonzero(best >= min_fraction, as_tuple=True)
             for k in rng.permutation(len(ys))[:cells_per_scene]:
                 name = self.vocabulary[int(cls[ys[k], xs[k]])]
@@ -308,7 +312,7 @@ def train_tiny_clip(model_name: str = "ovss-tiny-convnext", root: Optional[str] 
     clip = CLIPWrapper(model_name, "none")
     model = clip.model
     norm = _Normalizer(model)
-    data = _Batches(root, CORPUS_SPLIT, held_out(settings["holdout"]), rng, settings.get("object_context", 0))
+    data = _Batches(root, CORPUS_SPLIT, held_out(settings["holdout"]), rng)
     opt = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
     steps, bs, size = settings["steps"], settings["batch_size"], settings["input_size"]
     n_obj, n_stuff, n_cell = (int(bs * f) for f in settings.get("mix", (0.45, 0.2, 0.2)))
@@ -446,11 +450,7 @@ def dense_cell_accuracy(model, tokenizer, root: Optional[str] = None, split: str
         pred = torch.einsum("bdhw,nd->bnhw", dense, text).argmax(1)  # (B, h, w)
         h, w = pred.shape[-2:]
         for k in range(len(x)):
-            label = torch.from_numpy(_label_map(root, split, records[s + k]).astype(np.int64))
-            valid = label != 255
-            onehot = F.one_hot(label.clamp(max=len(classes) - 1), len(classes)).permute(2, 0, 1).float()
-            frac = F.adaptive_avg_pool2d(onehot * valid, (h, w))  # (N, h, w)
-            best, cls = frac.max(0)
+            best, cls = cell_majority(_label_map(root, split, records[s + k]), len(classes), (h, w))
             keep = best >= min_fraction
             names += [classes[c] for c in cls[keep].tolist()]
             correct.append((pred[k][keep] == cls[keep]).float())
