@@ -115,6 +115,27 @@ def test_two_cpu_processes_equal_one(data_root, tmp_path):
     assert any(not torch.allclose(init[k].float(), a["model"][k].float()) for k in init if k in a["model"])
 
 
+def test_channels_last_trains_the_same_model(data_root, tmp_path):
+    """MODEL.CHANNELS_LAST (the toy configs) stores the convolutions NHWC and changes nothing else:
+    the same SED trained with and without it ends at the same weights (float rounding apart), and
+    its checkpoint loads into a default model. SGD: Adam would turn the rounding noise of
+    near-zero gradients into full-size steps."""
+    sed = ("MODEL.META_ARCHITECTURE", "SED", "MODEL.CLIP.NAME", "ovss-tiny-convnext", "MODEL.SED.CLIP_RESOLUTION",
+           "(64, 64)", "MODEL.SED.HIDDEN_DIM", "32", "MODEL.SED.DECODER_DIMS", "[16, 16, 16]",
+           "MODEL.SED.GUIDANCE_PROJ_DIMS", "[8, 8, 8]", "SOLVER.OPTIMIZER", "SGD")
+    runs = {}
+    for nhwc in (False, True):
+        out = str(tmp_path / str(nhwc))
+        train_worker(data_root, train_args(out, iters=3, extra=sed + ("MODEL.CHANNELS_LAST", str(nhwc))))
+        runs[nhwc] = _weights(os.path.join(out, "model_final.pth"))
+    convs = [v for v in runs[True]["model"].values() if v.dim() == 4 and min(v.shape[1:]) > 1]
+    assert convs and all(v.is_contiguous(memory_format=torch.channels_last) and not v.is_contiguous() for v in convs)
+    _assert_same_model(runs[False], runs[True], atol=1e-6)  # 1.5e-8 measured
+    default = OVSSTrainer.build_model(tiny_cfg(str(tmp_path / "x"), extra=sed))
+    default.load_state_dict(runs[True]["model"])
+    assert all(p.is_contiguous() for p in default.parameters())
+
+
 def test_bf16_autocast_on_cpu_trains(data_root, tmp_path):
     out = str(tmp_path / "amp")
     train_worker(data_root, train_args(out, iters=2, extra=("SOLVER.AMP.ENABLED", "True",

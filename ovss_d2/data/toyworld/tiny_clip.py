@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 TRAIN_SETTINGS = {"steps": 600, "batch_size": 96, "lr": 2e-3, "weight_decay": 0.05, "input_size": 64,
                   "seed": 0, "warmup": 50, "holdout": "test", "region_scenes": 12, "region_size": 256,
-                  "cells_per_scene": 12}
+                  "cells_per_scene": 12, "channels_last": True}
 # Seen pairs held out (besides the test ones) when choosing the hyper-parameters.
 DEV_HELD_OUT: Tuple[str, ...] = tuple(object_class(c, p) for c, p in (
     ("red", "plain"), ("orange", "zigzag"), ("yellow", "striped"), ("green", "checkered"), ("blue", "dotted"),
@@ -311,6 +311,8 @@ def train_tiny_clip(model_name: str = "ovss-tiny-convnext", root: Optional[str] 
     rng = np.random.default_rng(settings["seed"])
     clip = CLIPWrapper(model_name, "none")
     model = clip.model
+    if settings.get("channels_last"):  # NHWC convolutions: ~25 % faster steps on CPU cores
+        model.to(memory_format=torch.channels_last)
     norm = _Normalizer(model)
     data = _Batches(root, CORPUS_SPLIT, held_out(settings["holdout"]), rng)
     opt = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
