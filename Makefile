@@ -11,10 +11,14 @@ setup: $(VENV)/.setup-done
 $(VENV)/.setup-done: requirements.txt requirements-web.txt setup.py tools/install_env.sh tools/detectron2_ops_stub.c tools/detectron2_fixes.py
 	PYTHON=$(PYTHON) VENV=$(VENV) bash tools/install_env.sh
 
+# everything but the web demo's dependencies: all the quickstart needs
+$(VENV)/.core-done: requirements.txt setup.py tools/install_env.sh tools/detectron2_ops_stub.c tools/detectron2_fixes.py
+	PYTHON=$(PYTHON) VENV=$(VENV) WEB=0 bash tools/install_env.sh
+
 test: setup
 	$(VPY) -m pytest tests $(PYTEST_ARGS)
 
-quickstart: setup
+quickstart: $(VENV)/.core-done
 	$(VPY) tools/quickstart.py
 
 lint: setup

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv (Python 3.11) with every pinned dependency and detectron2, then installs ovss-d2
 # in editable mode. Idempotent: `make setup` calls it, and it skips what is already there.
+# WEB=0 (`make quickstart`): everything but the web demo's dependencies (requirements-web.txt).
 #
 # detectron2, in order of preference:
 #   1. one already importable by $PYTHON (e.g. a GPU user's source build with CUDA operators):
@@ -68,11 +69,15 @@ fi
 # --- end colour augmentation ------------------------------------------------------------------------
 
 # The web demo (the `web` extra): gradio without its pillow<13 cap (see requirements-web.txt).
-echo "[setup] installing the web demo's dependencies (requirements-web.txt)"
-"$VPY" -m pip install --disable-pip-version-check -q -c requirements.txt -r <(grep -v '^gradio==' requirements-web.txt)
-"$VPY" -m pip install --disable-pip-version-check -q --no-deps "$(grep '^gradio==' requirements-web.txt)"
+# WEB=0 (`make quickstart`) leaves it out.
+if [ "${WEB:-1}" != 0 ]; then
+    echo "[setup] installing the web demo's dependencies (requirements-web.txt)"
+    "$VPY" -m pip install --disable-pip-version-check -q -c requirements.txt -r <(grep -v '^gradio==' requirements-web.txt)
+    "$VPY" -m pip install --disable-pip-version-check -q --no-deps "$(grep '^gradio==' requirements-web.txt)"
+fi
 
 echo "[setup] installing ovss-d2 (editable)"
 "$VPY" -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 "$VPY" -c "import ovss_d2; print('[setup] ok: ovss_d2', ovss_d2.__version__, 'with detectron2', ovss_d2.compat.DETECTRON2_VERSION)"
-touch "$VENV/.setup-done"
+touch "$VENV/.core-done"
+if [ "${WEB:-1}" != 0 ]; then touch "$VENV/.setup-done"; fi
