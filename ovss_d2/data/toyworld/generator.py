@@ -20,6 +20,7 @@ On disk (``root``)::
 import json
 import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -354,8 +355,13 @@ def generate(root: Optional[str] = None, sizes: Optional[Dict[str, int]] = None,
         return root
     tmp = f"{root}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    for split, n in sizes.items():
-        _write_split(tmp, split, n, progress)
+    args = ([tmp] * len(sizes), list(sizes), list(sizes.values()), [progress] * len(sizes))
+    workers = min(len(sizes), os.cpu_count() or 1)
+    if workers > 1:  # the splits in parallel: every image has its own RNG, so the files are the same
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_write_split, *args))
+    else:
+        list(map(_write_split, *args))
     meta = {"version": GENERATOR_VERSION, "seed": SEED, "image_size": IMAGE_SIZE, "sizes": sizes,
             "vocabularies": {s: list(spec.vocabulary) for s, spec in SPLITS.items()},
             "val_unseen": list(VAL_UNSEEN), "wide_unseen": list(WIDE_UNSEEN)}
