@@ -46,7 +46,8 @@ def test_segment_matching_by_hand_never_matches_whole_image():
     assert segment_matching_loss(segments, views).item() == pytest.approx(0.0)  # what excluding prevents
 
 
-def test_model_matching_uses_grid_cells_only(tiny_zeroseg):
+def test_model_matching_uses_grid_cells_only(tiny_zeroseg, monkeypatch):
+    monkeypatch.setattr(tiny_zeroseg, "matching", "nearest")  # the paper's Eq. 1 (the toy config: coverage)
     v = len(tiny_zeroseg.local_views)
     assert v == 30 and not tiny_zeroseg.local_views[0] and tiny_zeroseg.local_views[1:].all()
     d = tiny_zeroseg.clip.embed_dim
