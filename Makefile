@@ -8,11 +8,13 @@ PYTEST_ARGS ?=
 
 setup: $(VENV)/.setup-done
 
-$(VENV)/.setup-done: requirements.txt requirements-web.txt setup.py tools/install_env.sh tools/detectron2_ops_stub.c tools/detectron2_fixes.py
+INSTALL_DEPS := requirements.txt setup.py tools/install_env.sh tools/detectron2_ops_stub.c tools/detectron2_fixes.py
+
+$(VENV)/.setup-done: $(INSTALL_DEPS) requirements-web.txt
 	PYTHON=$(PYTHON) VENV=$(VENV) bash tools/install_env.sh
 
 # everything but the web demo's dependencies: all the quickstart needs
-$(VENV)/.core-done: requirements.txt setup.py tools/install_env.sh tools/detectron2_ops_stub.c tools/detectron2_fixes.py
+$(VENV)/.core-done: $(INSTALL_DEPS)
 	PYTHON=$(PYTHON) VENV=$(VENV) WEB=0 bash tools/install_env.sh
 
 test: setup
