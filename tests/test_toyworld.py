@@ -139,6 +139,22 @@ def test_a_text_describes_every_item_it_fits():
         assert d(req, c("red striped shape", "circle")) == ("star" not in text)
 
 
+def test_the_batch_positives_are_every_text_item_pair_that_fits(world):
+    batches = tiny_clip._Batches(world, "captions", tiny_clip.held_out("test"), np.random.default_rng(1))
+    _, regions, cells = batches.draw_regions(6, 4, 4)
+    items = batches.draw(30, 10, 5, 5) + regions + cells
+    texts = list(dict.fromkeys(b[2] for b in items))
+    requirement = {b[2]: b[4] for b in items}
+    pos = tiny_clip.describes_matrix([requirement[t] for t in texts], [b[3] for b in items])
+    expected = [[tiny_clip.describes(requirement[t], b[3]) for t in texts] for b in items]
+    assert pos.tolist() == np.array(expected, dtype=np.float32).tolist()
+    assert pos.sum(1).min() >= 1  # every item has its own text
+    # cached cell majorities are the map's own (a second draw reuses them)
+    for (i, grid), (best, cls) in batches._majority.items():
+        ref_best, ref_cls = tiny_clip.cell_majority(batches.labels[i], len(batches.vocabulary), (grid, grid))
+        assert torch.equal(best, ref_best) and torch.equal(cls, ref_cls)
+
+
 def test_held_out_classes_never_reach_the_tiny_clip(world):
     batches = tiny_clip._Batches(world, "captions", tiny_clip.held_out("dev"), np.random.default_rng(0))
     _, regions, cells = batches.draw_regions(8, 4, 4)

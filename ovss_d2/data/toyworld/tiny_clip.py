@@ -225,6 +225,7 @@ class _Batches:
         self.records = [(i, r) for i, r in enumerate(records)
                         if not ({o["name"] for o in r["objects"]} | set(r["stuff"])) & excluded]
         self.labels = {i: _label_map(root, split, r) for i, r in self.records}
+        self._majority: Dict[Tuple[int, int], Tuple[torch.Tensor, torch.Tensor]] = {}  # (image, grid) -> cells
         items = crop_items([r for _, r in self.records])
         index = [i for i, _ in self.records]
         self.objects = [(index[k], b, n, kind) for k, b, n, kind in items if kind != "stuff"]
@@ -275,7 +276,9 @@ class _Batches:
                 regions.append((pos, sb["box"], text, class_content(sb["name"]), req))
             if not cells_per_scene:
                 continue
-            best, cls = cell_majority(self.labels[i], len(self.vocabulary), (grid, grid))
+            if (i, grid) not in self._majority:
+                self._majority[i, grid] = cell_majority(self.labels[i], len(self.vocabulary), (grid, grid))
+            best, cls = self._majority[i, grid]
             ys, xs = torch.nonzero(best >= min_fraction, as_tuple=True)
             for k in rng.permutation(len(ys))[:cells_per_scene]:
                 name = self.vocabulary[int(cls[ys[k], xs[k]])]
@@ -287,6 +290,15 @@ class _Batches:
                     content = class_content(name)
                 cells.append((pos, (int(ys[k]), int(xs[k])), text, content, req))
         return [i for i, _ in picks], regions, cells
+
+
+def describes_matrix(texts: Sequence[Content], items: Sequence[Content]) -> torch.Tensor:
+    """(len(items), len(texts)) float 0/1: ``describes(text, item)``, evaluated once per distinct
+    pair of contents (a batch repeats the same classes many times)."""
+    text_ids = {c: k for k, c in enumerate(dict.fromkeys(texts))}
+    item_ids = {c: k for k, c in enumerate(dict.fromkeys(items))}
+    table = torch.tensor([[describes(t, i) for t in text_ids] for i in item_ids], dtype=torch.float32)
+    return table[[item_ids[c] for c in items]][:, [text_ids[c] for c in texts]]
 
 
 def _multi_positive_nce(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -356,7 +368,7 @@ def train_tiny_clip(model_name: str = "ovss-tiny-convnext", root: Optional[str] 
         for t in texts:
             if t not in token_cache:
                 token_cache[t] = clip.tokenize([t])[0]
-        pos = torch.tensor([[describes(requirement[t], b[3]) for t in texts] for b in batch], dtype=torch.float32)
+        pos = describes_matrix([requirement[t] for t in texts], [b[3] for b in batch])  # (B, U)
         txt_emb = F.normalize(model.encode_text(torch.stack([token_cache[t] for t in texts])), dim=-1)
         logits = model.logit_scale.exp().clamp(max=100) * F.normalize(img_emb, dim=-1) @ txt_emb.T  # (B, U)
         loss = _multi_positive_nce(logits, pos)
