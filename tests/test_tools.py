@@ -146,3 +146,22 @@ def test_crm_benchmark_tool_runs(tmp_path):
     subprocess.run(cmd, check=True, capture_output=True, cwd=REPO, timeout=300)
     rows = json.load(open(out + ".json"))
     assert rows[0]["classes"] == 30 and rows[0]["loop_ms"] > 0
+
+
+def test_zeroseg_diagnostics_oracle_bounds_the_model(tmp_path, small_tiny_clip):
+    # The model names each final group with one class (no resizing at ToyWorld's test size), so the
+    # oracle naming (each group's majority class) is right on at least as many pixels.
+    from ovss_d2.data.toyworld import register_toyworld
+
+    root, clip = small_tiny_clip
+    register_toyworld(root, prefix="twd")
+    tool = _tool("zeroseg_diagnostics")
+    torch.manual_seed(0)
+    out = tool.main(["--config-file", os.path.join(REPO, "configs/toy/zeroseg_toy.yaml"), "--weights", "none",
+                     "--stats-dataset", "twd_val", "--datasets", "twd_val", "--objects-dataset", "twd_objects_val",
+                     "--json", str(tmp_path / "d.json"), "MODEL.CLIP.PRETRAINED", clip])
+    collapse, model = out["collapse"], out["evaluation"][0]["metrics"]["twd_val"]
+    assert collapse["images"] == 60 and 1 <= collapse["groups_used"] <= 8
+    assert collapse["oracle-pACC"] >= model["pACC"] - 1e-6
+    assert 0 <= collapse["oracle-objects-mIoU"] <= 100
+    assert json.load(open(tmp_path / "d.json"))["collapse"]["oracle-pACC"] == collapse["oracle-pACC"]

@@ -18,8 +18,8 @@ from ovss_d2.modeling.backbones.masked_vit import random_keep_indices
 from ovss_d2.modeling.distillation import (coverage_matching_loss, grid_boxes, local_view_mask, multi_scale_views,
                                            one_to_one_matching_loss, reverse_matching_loss, segment_matching_loss,
                                            token_cell_overlap)
-from ovss_d2.modeling.grouping import (compose_assignments, mean_pairwise_cosine, segment_statistics,
-                                       straight_through_assign)
+from ovss_d2.modeling.grouping import (compose_assignments, group_oracle_labels, mean_pairwise_cosine,
+                                       segment_statistics, straight_through_assign)
 
 
 def zeroseg_cfg(config="toy/zeroseg_toy.yaml", *extra):
@@ -373,3 +373,27 @@ def test_collapse_statistics_by_hand():
     stats = segment_statistics(e, groups)
     assert stats["groups_used"] == 2 and stats["largest_group"] == pytest.approx(4 / 6)
     assert stats["used_segment_cosine"] == pytest.approx(c)
+
+
+def test_oracle_names_each_group_by_its_majority_class():
+    groups = torch.tensor([[0, 0, 1, 1],
+                           [0, 0, 1, 1],
+                           [2, 2, 2, 3]])
+    label = torch.tensor([[5, 5, 7, 255],
+                          [4, 5, 7, 255],
+                          [4, 4, 6, 255]])
+    expected = torch.tensor([[5, 5, 7, 7],  # group 0: three 5s, one 4; group 1: 7 (ignored pixels not counted)
+                             [5, 5, 7, 7],
+                             [4, 4, 4, 255]])  # group 2: two 4s, one 6; group 3: only ignored pixels
+    assert torch.equal(group_oracle_labels(groups, label), expected)
+
+
+def test_fine_toy_config_gives_every_patch_its_own_teacher_cell():
+    cfg = zeroseg_cfg("toy/zeroseg_toy_fine.yaml")
+    z = cfg.MODEL.ZEROSEG
+    assert z.MATCHING == "coverage" and z.TEST_TOPK_CLASSES == 0 and z.TEACHER_CACHE
+    side = z.IMAGE_SIZE // z.PATCH_SIZE
+    overlap = token_cell_overlap((side, side), z.PATCH_SIZE, z.GRIDS)  # (local views, tokens)
+    finest = overlap[-max(z.GRIDS) ** 2:]  # the finest grid's cells
+    assert len(overlap) == sum(g * g for g in z.GRIDS if g != 1) == 84
+    assert torch.equal(finest, torch.eye(side * side))  # one cell per patch, exactly

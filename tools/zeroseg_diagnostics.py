@@ -9,7 +9,9 @@ ablation table.
 
 1. Collapse statistics over the images of ``--stats-dataset`` (at the test size): final groups
    used per image, the largest group's share of the pixels, mean pairwise cosine of the G segment
-   embeddings (all of them, and the used ones only).
+   embeddings (all of them, and the used ones only); and the objects-mIoU (below) of the groups
+   named by an oracle, each by the ground-truth class covering most of it: what the grouping
+   allows, whatever the segment embeddings say.
 2. mIoU (all / seen / unseen) and pixel accuracy on each of ``--datasets``, with each dataset's
    background threshold, for GroupViT's two inference rules as configured (``--rules paper``) or for
    all four on/off combinations (``--rules all``): the top-k class restriction
@@ -30,7 +32,9 @@ from typing import Dict, List, Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import ovss_d2  # noqa: E402,F401
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from detectron2.evaluation import inference_on_dataset  # noqa: E402
 
 from ovss_d2.checkpoint import OVSSCheckpointer  # noqa: E402
@@ -38,24 +42,39 @@ from ovss_d2.engine import OVSSTrainer, load_config  # noqa: E402
 from ovss_d2.evaluation import OpenVocabSemSegEvaluator  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
 
-from ovss_d2.modeling.grouping import average_statistics, segment_statistics  # noqa: E402
+from ovss_d2.data.io import read_label  # noqa: E402
+from ovss_d2.modeling.grouping import average_statistics, group_oracle_labels, segment_statistics  # noqa: E402
 from ovss_d2.modeling.meta_arch.zeroseg import is_background  # noqa: E402
 
 METRICS = ("mIoU", "mIoU-seen", "mIoU-unseen", "pACC")
 
 
 @torch.no_grad()
-def collapse_statistics(cfg, model, dataset: str, limit: int = 0) -> Dict[str, float]:
-    """Mean :func:`segment_statistics` over the first ``limit`` (0: all) test images of ``dataset``."""
+def collapse_statistics(cfg, model, dataset: str, limit: int = 0, objects_dataset: str = "") -> Dict[str, float]:
+    """Mean :func:`segment_statistics` over the first ``limit`` (0: all) test images of ``dataset``,
+    and (with ``objects_dataset``) ``oracle-objects-mIoU``: :func:`object_miou` of the groups named
+    by their majority ground-truth class (:func:`group_oracle_labels`), what the grouping allows
+    whatever the naming."""
     model.eval()
     rows = []
+    oracle = OpenVocabSemSegEvaluator(dataset, distributed=False)
+    oracle.reset()
     for batch in OVSSTrainer.build_test_loader(cfg, dataset):
         for x in batch:
             seg = model.segment_input(x)
             rows.append(segment_statistics(seg["segments"], seg["groups"]))
+            gt_file = oracle.gt_file(x)
+            gt = torch.from_numpy(read_label(gt_file).astype(np.int64))
+            groups = F.interpolate(seg["groups"][None, None].float(), size=gt.shape, mode="nearest")[0, 0].long()
+            oracle.accumulate(group_oracle_labels(groups, gt, oracle.ignore_label).numpy(), gt.numpy(), gt_file)
         if limit and len(rows) >= limit:
             break
-    return average_statistics(rows[:limit] if limit else rows)
+    out = average_statistics(rows[:limit] if limit else rows)
+    if objects_dataset:
+        res = oracle.evaluate()["sem_seg"]
+        out.update({f"oracle-{k}": v for k, v in object_miou(res, dataset, objects_dataset).items()},
+                   **{"oracle-pACC": res["pACC"]})
+    return out
 
 
 def object_miou(results: Dict[str, float], dataset: str, objects_dataset: str) -> Dict[str, float]:
@@ -125,11 +144,16 @@ def main(argv=None):
     model = build(cfg, args.weights or cfg.MODEL.WEIGHTS or "none")
     datasets = [d for d in args.datasets.split(",") if d]
     result = {"config": args.config_file, "weights": args.weights or cfg.MODEL.WEIGHTS or "none",
-              "collapse": collapse_statistics(cfg, model, args.stats_dataset, args.limit), "evaluation": []}
+              "collapse": collapse_statistics(cfg, model, args.stats_dataset, args.limit, args.objects_dataset),
+              "evaluation": []}
     c = result["collapse"]
     print(f"{args.stats_dataset} ({int(c['images'])} images): groups used {c['groups_used']:.2f} of "
           f"{model.head.num_group_tokens[-1]}, largest group {100 * c['largest_group']:.1f} % of the pixels, "
           f"segment cosine {c['segment_cosine']:.3f} (used groups: {c['used_segment_cosine']:.3f})")
+    if "oracle-objects-mIoU" in c:
+        print(f"  groups named by their majority ground-truth class: objects-mIoU {c['oracle-objects-mIoU']:.1f} "
+              f"(seen {c['oracle-objects-mIoU-seen']:.1f} / unseen {c['oracle-objects-mIoU-unseen']:.1f}), "
+              f"pixel accuracy {c['oracle-pACC']:.1f}")
     for rules in rule_settings(cfg, args.rules):
         metrics = evaluate(cfg, model, datasets, rules["topk"], rules["cap"], args.objects_dataset)
         result["evaluation"].append({**rules, "metrics": metrics})

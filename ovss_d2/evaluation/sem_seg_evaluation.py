@@ -92,7 +92,8 @@ class OpenVocabSemSegEvaluator(DatasetEvaluator):
     def reset(self) -> None:
         self._conf = np.zeros((self.num_classes + 1, self.num_classes + 1), dtype=np.int64)
 
-    def _gt_file(self, inp: Dict) -> str:
+    def gt_file(self, inp: Dict) -> str:
+        """The ground-truth label map of an input dict (its own entry, or the dataset's)."""
         if "sem_seg_file_name" in inp:
             return inp["sem_seg_file_name"]
         if self._gt_files is None:
@@ -120,7 +121,7 @@ class OpenVocabSemSegEvaluator(DatasetEvaluator):
     def process(self, inputs: List[Dict], outputs: List[Dict]) -> None:
         for inp, out in zip(inputs, outputs):
             pred = out["sem_seg"].argmax(dim=0).cpu().numpy()
-            gt_file = self._gt_file(inp)
+            gt_file = self.gt_file(inp)
             self.accumulate(pred, read_label(gt_file), gt_file)
 
     def evaluate(self):

@@ -225,7 +225,7 @@ class _Batches:
         self.records = [(i, r) for i, r in enumerate(records)
                         if not ({o["name"] for o in r["objects"]} | set(r["stuff"])) & excluded]
         self.labels = {i: _label_map(root, split, r) for i, r in self.records}
-        self._majority: Dict[Tuple[int, int], Tuple[torch.Tensor, torch.Tensor]] = {}  # (image, grid) -> cells
+        self._majority: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}  # grid -> (N, g, g) fractions, classes
         items = crop_items([r for _, r in self.records])
         index = [i for i, _ in self.records]
         self.objects = [(index[k], b, n, kind) for k, b, n, kind in items if kind != "stuff"]
@@ -258,6 +258,19 @@ class _Batches:
                         Content("caption", r["caption"])))
         return out
 
+    def cell_majorities(self, grid: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:func:`cell_majority` of every scene's label map (indexed by image index) on a ``grid`` x
+        ``grid`` grid, computed once: (N, grid, grid) fractions and class ids. Two whole tensors, not
+        one pair per scene drawn, which would leave small blocks among the training step's large
+        temporaries and fragment the heap."""
+        if grid not in self._majority:
+            n = len(self.images)
+            best, cls = torch.zeros(n, grid, grid), torch.zeros(n, grid, grid, dtype=torch.long)
+            for i in self.labels:
+                best[i], cls[i] = cell_majority(self.labels[i], len(self.vocabulary), (grid, grid))
+            self._majority[grid] = best, cls
+        return self._majority[grid]
+
     def draw_regions(self, n_scenes: int, grid: int = 0, cells_per_scene: int = 0, min_fraction: float = 0.6):
         """Scenes for region-text pairs: (scene image indices, region items (scene position, box or
         (row, col) of a ``grid`` x ``grid`` cell, text, Content, requirement)): every object box
@@ -276,9 +289,7 @@ class _Batches:
                 regions.append((pos, sb["box"], text, class_content(sb["name"]), req))
             if not cells_per_scene:
                 continue
-            if (i, grid) not in self._majority:
-                self._majority[i, grid] = cell_majority(self.labels[i], len(self.vocabulary), (grid, grid))
-            best, cls = self._majority[i, grid]
+            best, cls = (m[i] for m in self.cell_majorities(grid))
             ys, xs = torch.nonzero(best >= min_fraction, as_tuple=True)
             for k in rng.permutation(len(ys))[:cells_per_scene]:
                 name = self.vocabulary[int(cls[ys[k], xs[k]])]

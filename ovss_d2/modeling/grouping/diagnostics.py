@@ -44,3 +44,19 @@ def average_statistics(per_image: Iterable[Dict[str, float]]) -> Dict[str, float
         values = values[~values.isnan()]
         out[key] = float(values.mean()) if len(values) else float("nan")
     return out
+
+
+def group_oracle_labels(groups: torch.Tensor, label: torch.Tensor, ignore_label: int = 255) -> torch.Tensor:
+    """The best any naming of the groups can do: every group labelled with the ground-truth class
+    that covers most of its pixels.
+
+    groups: (H, W) int64 final group of every pixel; label: (H, W) int64 ground truth (``ignore_label``
+    not counted). Returns (H, W) int64 labels (``ignore_label`` for a group of ignored pixels only).
+    Its mIoU against ``label`` bounds what naming can reach: a low value means the groups do not
+    follow the classes' regions, whatever the segment embeddings say."""
+    valid = label != ignore_label
+    num_groups, num_classes = int(groups.max()) + 1, int(label[valid].max()) + 1 if valid.any() else 1
+    counts = torch.bincount(groups[valid] * num_classes + label[valid], minlength=num_groups * num_classes)
+    counts = counts.view(num_groups, num_classes)
+    best = counts.argmax(1).masked_fill(counts.sum(1) == 0, ignore_label)
+    return best[groups]
