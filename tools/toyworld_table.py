@@ -47,6 +47,11 @@ EVAL_SETS = ("toyworld_val", "toyworld_wide_val")
 METRICS = ("mIoU", "mIoU-seen", "mIoU-unseen", "hIoU", "pACC")
 
 
+def print_command(cmd: List[str]) -> None:
+    """Echo a subprocess command line (after the interpreter), repository paths made relative."""
+    print("  $ " + " ".join(os.path.relpath(c, REPO) if c.startswith(REPO) else c for c in cmd[1:]), flush=True)
+
+
 def run_train_net(config: str, output_dir: str, train: bool, log_path: str, desc: str = "  train_net",
                   opts: Optional[List[str]] = None) -> float:
     """Run train_net.py on a config (training with a progress bar, or --eval-only); returns the
@@ -55,7 +60,7 @@ def run_train_net(config: str, output_dir: str, train: bool, log_path: str, desc
     if not train:
         cmd.append("--eval-only")
     cmd += ["OUTPUT_DIR", output_dir] + list(opts or [])
-    print("  $ " + " ".join(os.path.relpath(c, REPO) if c.startswith(REPO) else c for c in cmd[1:]), flush=True)
+    print_command(cmd)
     from ovss_d2.engine import load_config
 
     max_iter = load_config(os.path.join(REPO, config)).SOLVER.MAX_ITER if train else 0
@@ -78,7 +83,7 @@ def build_teacher_cache(config: str, opts: List[str], log_path: str) -> float:
     """tools/cache_teacher_features.py for a config (resumes a partial cache); returns the seconds."""
     cmd = [sys.executable, os.path.join(REPO, "tools", "cache_teacher_features.py"), "--config-file",
            os.path.join(REPO, config)] + list(opts)
-    print("  $ " + " ".join(os.path.relpath(c, REPO) if c.startswith(REPO) else c for c in cmd[1:]), flush=True)
+    print_command(cmd)
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     start = time.time()
     with open(log_path, "w") as log:
