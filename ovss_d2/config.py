@@ -136,6 +136,11 @@ def add_ovss_config(cfg: CN) -> None:
     cfg.MODEL.ZEROSEG.BACKGROUND_THRESHOLD = 0.95
     # GroupViT's rule: the threshold is capped by the image's best group probability (False: plain threshold).
     cfg.MODEL.ZEROSEG.BACKGROUND_CAP = True
+    # What names a group at inference: "segment" (the paper: its segment embedding) or, not in the
+    # paper (docs/zeroseg.md), "teacher": the teacher's dense embedding averaged over the group's
+    # pixels, the teacher run on the image resized to TEACHER_NAMING_SIZE on its short side (0: as is).
+    cfg.MODEL.ZEROSEG.GROUP_NAMING = "segment"
+    cfg.MODEL.ZEROSEG.TEACHER_NAMING_SIZE = 0
     # Unlabeled-image mapper (CenterCropImageMapper): shortest edge resized to this, centre crop.
     cfg.INPUT.CENTER_CROP_SIZE = 224
 

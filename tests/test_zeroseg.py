@@ -316,6 +316,7 @@ def test_paper_config_keeps_the_paper_settings():
     cfg = zeroseg_cfg("zeroseg/zeroseg_vitb16_in1k.yaml")
     z = cfg.MODEL.ZEROSEG
     assert z.MATCHING == "nearest" and z.REVERSE_MATCHING_WEIGHT == 0.0 and z.TEACHER_VIEW_SIZE == 0
+    assert z.GROUP_NAMING == "segment"
     for name in ("voc_21", "pcontext_60", "coco_object_81"):
         e = zeroseg_cfg(f"zeroseg/eval_zeroseg_vitb16_{name}.yaml").MODEL.ZEROSEG
         assert e.MATCHING == "nearest" and e.TEST_TOPK_CLASSES == 5 and e.BACKGROUND_CAP
@@ -397,3 +398,41 @@ def test_fine_toy_config_gives_every_patch_its_own_teacher_cell():
     finest = overlap[-max(z.GRIDS) ** 2:]  # the finest grid's cells
     assert len(overlap) == sum(g * g for g in z.GRIDS if g != 1) == 84
     assert torch.equal(finest, torch.eye(side * side))  # one cell per patch, exactly
+
+
+def test_teacher_naming_switch_names_groups_by_the_pooled_teacher_map(tiny_zeroseg):
+    """GROUP_NAMING teacher (not in the paper): a group is named by the teacher's dense embedding
+    averaged over its pixels, the teacher run at TEACHER_NAMING_SIZE; "segment" keeps the paper's."""
+    model = tiny_zeroseg.eval()
+    model.set_vocabulary(["cat", "dog"])
+    d = model.clip.embed_dim
+    text = torch.zeros(2, 1, d)
+    text[0, 0, 0], text[1, 0, 1] = 1.0, 1.0  # "cat" = e0, "dog" = e1
+    groups = torch.zeros(16, 16, dtype=torch.long)
+    groups[:, 8:] = 1
+    segments = torch.zeros(2, d)
+    segments[0, 0], segments[1, 1] = 1.0, 1.0  # the segments say: left cat, right dog
+    dense = torch.zeros(1, d, 4, 4)
+    dense[:, 1, :, :2], dense[:, 0, :, 2:] = 1.0, 1.0  # the teacher says: left dog, right cat
+    seen_sizes = []
+    saved = model.group_naming, model.teacher_naming_size
+    model.clip.forward_features = lambda x: seen_sizes.append(tuple(x.shape[-2:])) or {"res5": x}
+    model.clip.dense_embedding = lambda feats: dense
+    try:
+        expected = {"segment": torch.tensor([0, 1]), "teacher": torch.tensor([1, 0])}  # left, right columns
+        for naming, size in (("segment", 0), ("teacher", 32)):
+            model.group_naming, model.teacher_naming_size = naming, size
+            labels = _labels_with(model, segments, segments.sum(0), groups, text, 0.5, 0, False)
+            assert torch.equal(labels[:, [0, 15]], expected[naming].expand(16, 2)), naming
+        assert seen_sizes == [(32, 32)]  # the teacher ran once, on the image resized to 32
+        # pooled by hand: the bilinear-upsampled map averaged over each group's pixels
+        up = F.interpolate(dense, size=(16, 16), mode="bilinear", align_corners=False)[0].numpy()
+        pooled = model.teacher_group_embeddings(torch.zeros(3, 16, 16), groups, 3)
+        for g in range(2):
+            np.testing.assert_allclose(pooled[g].numpy(), up[:, groups.numpy() == g].mean(1), atol=1e-6)
+        assert torch.equal(pooled[2], torch.zeros(d))  # a group without pixels
+    finally:
+        model.group_naming, model.teacher_naming_size = saved
+        del model.clip.forward_features, model.clip.dense_embedding
+    with pytest.raises(ValueError, match="GROUP_NAMING"):
+        OVSSTrainer.build_model(zeroseg_cfg("toy/zeroseg_toy.yaml", "MODEL.ZEROSEG.GROUP_NAMING", "pooled"))

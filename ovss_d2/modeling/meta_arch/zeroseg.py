@@ -13,7 +13,8 @@ Inference: every patch visible, each pixel belongs to one final group, a group's
 softmax(scale * cosine(segment, text)), with GroupViT's two rules as switches (the image's top-k
 classes, ``TEST_TOPK_CLASSES``; the background threshold capped by the best group probability,
 ``BACKGROUND_CAP``); a ``background`` class in the vocabulary takes the pixels whose best score is
-below the threshold.
+below the threshold. Not in the paper, ``GROUP_NAMING teacher`` names each group by the teacher's
+dense embedding averaged over the group's pixels instead of its segment embedding.
 """
 from typing import Dict, List, Optional
 
@@ -34,6 +35,7 @@ from .base import OpenVocabSegmentor
 
 BACKGROUND = "background"
 MATCHING_MODES = ("nearest", "one_to_one", "coverage")
+NAMING_MODES = ("segment", "teacher")
 
 
 def is_background(name: str) -> bool:
@@ -49,7 +51,8 @@ class ZeroSeg(OpenVocabSegmentor):
                  image_size: int = 224, mask_ratio: float = 0.6, grids=(1, 2, 3, 4), norm_pix_loss: bool = True,
                  loss_weights: Dict[str, float] = None, matching: str = "nearest", teacher_view_size: int = 0,
                  logit_scale: float = 100.0, test_topk_classes: int = 5, background_threshold: float = 0.95,
-                 background_cap: bool = True, **kwargs):
+                 background_cap: bool = True, group_naming: str = "segment", teacher_naming_size: int = 0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.clip.set_trainable(image=False, text=False)  # the teacher and the text encoder stay frozen
         self.encoder, self.decoder, self.head = encoder, decoder, head
@@ -65,6 +68,9 @@ class ZeroSeg(OpenVocabSegmentor):
                              **(loss_weights or {})}
         self.logit_scale, self.test_topk_classes = logit_scale, test_topk_classes
         self.background_threshold, self.background_cap = background_threshold, background_cap
+        if group_naming not in NAMING_MODES:
+            raise ValueError(f"MODEL.ZEROSEG.GROUP_NAMING {group_naming!r} is not one of {NAMING_MODES}.")
+        self.group_naming, self.teacher_naming_size = group_naming, teacher_naming_size
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -83,6 +89,7 @@ class ZeroSeg(OpenVocabSegmentor):
             matching=z.MATCHING, teacher_view_size=z.TEACHER_VIEW_SIZE,
             logit_scale=z.LOGIT_SCALE, test_topk_classes=z.TEST_TOPK_CLASSES,
             background_threshold=z.BACKGROUND_THRESHOLD, background_cap=z.BACKGROUND_CAP,
+            group_naming=z.GROUP_NAMING, teacher_naming_size=z.TEACHER_NAMING_SIZE,
         )
         return kwargs
 
@@ -155,12 +162,28 @@ class ZeroSeg(OpenVocabSegmentor):
     def segment_input(self, x: Dict) -> Dict:
         """:meth:`segment` of one detectron2 input dict (``image`` (3, H, W) uint8): normalised and
         padded to the patch size; ``groups`` is cropped back to (H, W), ``padded_groups`` keeps
-        the padded (Hp, Wp) map."""
+        the padded (Hp, Wp) map and ``naming`` (G, D) the embeddings that name the groups (``GROUP_NAMING``)."""
         image = ImageList.from_tensors([(x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std],
                                        self.patch_size)
         seg = self.segment(image.tensor[0])
+        seg["naming"] = seg["segments"]
+        if self.group_naming == "teacher":
+            seg["naming"] = self.teacher_group_embeddings(image.tensor[0], seg["groups"], len(seg["segments"]))
         h, w = image.image_sizes[0]
         return {**seg, "padded_groups": seg["groups"], "groups": seg["groups"][:h, :w], "image_size": (h, w)}
+
+    @torch.no_grad()
+    def teacher_group_embeddings(self, image: torch.Tensor, groups: torch.Tensor, num_groups: int) -> torch.Tensor:
+        """(G, D) the teacher's dense embedding of a normalised image (3, H, W) averaged over the
+        pixels of each group of ``groups`` (H, W) (a group without pixels: zeros)."""
+        x = image[None]
+        if self.teacher_naming_size:
+            scale = self.teacher_naming_size / min(x.shape[-2:])
+            x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+        dense = self.clip.dense_embedding(self.clip.forward_features(x))  # (1, D, h, w)
+        dense = F.interpolate(dense, size=groups.shape, mode="bilinear", align_corners=False)[0].flatten(1)
+        onehot = F.one_hot(groups.flatten(), num_groups).to(dense.dtype)  # (H * W, G)
+        return (dense @ onehot / onehot.sum(0).clamp(min=1)).T
 
     def group_class_scores(self, segments: torch.Tensor, global_embedding: torch.Tensor,
                            text: torch.Tensor) -> torch.Tensor:
@@ -188,7 +211,7 @@ class ZeroSeg(OpenVocabSegmentor):
         results = []
         for x in batched_inputs:
             seg = self.segment_input(x)
-            probs = self.group_class_scores(seg["segments"], seg["global"], text)  # (G, N_fg)
+            probs = self.group_class_scores(seg["naming"], seg["global"], text)  # (G, N_fg)
             pixel = probs[seg["padded_groups"]].permute(2, 0, 1)  # (N_fg, Hp, Wp)
             scores = pixel.new_zeros(len(names), *pixel.shape[-2:])
             scores[foreground] = pixel
