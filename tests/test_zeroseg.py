@@ -18,8 +18,8 @@ from ovss_d2.modeling.backbones.masked_vit import random_keep_indices
 from ovss_d2.modeling.distillation import (coverage_matching_loss, grid_boxes, local_view_mask, multi_scale_views,
                                            one_to_one_matching_loss, reverse_matching_loss, segment_matching_loss,
                                            token_cell_overlap)
-from ovss_d2.modeling.grouping import (compose_assignments, group_oracle_labels, mean_pairwise_cosine,
-                                       segment_statistics, straight_through_assign)
+from ovss_d2.modeling.grouping import (compose_assignments, distinct_embeddings, group_oracle_labels,
+                                       mean_pairwise_cosine, segment_statistics, straight_through_assign)
 
 
 def zeroseg_cfg(config="toy/zeroseg_toy.yaml", *extra):
@@ -374,6 +374,17 @@ def test_collapse_statistics_by_hand():
     stats = segment_statistics(e, groups)
     assert stats["groups_used"] == 2 and stats["largest_group"] == pytest.approx(4 / 6)
     assert stats["used_segment_cosine"] == pytest.approx(c)
+    assert stats["distinct_groups"] == 2  # cosine 0.71 < 0.9: two groups that can be told apart
+    assert segment_statistics(e[[0, 0, 0]], groups)["distinct_groups"] == 1  # two groups, one embedding
+
+
+def test_distinct_embeddings_merges_near_duplicates_transitively():
+    angle = lambda deg: [np.cos(np.radians(deg)), np.sin(np.radians(deg))]  # noqa: E731
+    # 0 and 20 degrees apart: cosine 0.94 (alike); 20 and 40: alike; 0 and 40: 0.77, joined through 20
+    chain = torch.tensor([angle(0), angle(20), angle(40), angle(90)], dtype=torch.float64)
+    assert distinct_embeddings(chain) == 2
+    assert distinct_embeddings(chain, duplicate_cosine=0.95) == 4
+    assert distinct_embeddings(chain[:0]) == 0
 
 
 def test_oracle_names_each_group_by_its_majority_class():

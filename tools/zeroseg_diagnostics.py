@@ -149,7 +149,8 @@ def main(argv=None):
     c = result["collapse"]
     print(f"{args.stats_dataset} ({int(c['images'])} images): groups used {c['groups_used']:.2f} of "
           f"{model.head.num_group_tokens[-1]}, largest group {100 * c['largest_group']:.1f} % of the pixels, "
-          f"segment cosine {c['segment_cosine']:.3f} (used groups: {c['used_segment_cosine']:.3f})")
+          f"segment cosine {c['segment_cosine']:.3f} (used groups: {c['used_segment_cosine']:.3f}), "
+          f"groups told apart (segment cosine < 0.9) {c['distinct_groups']:.2f}")
     if "oracle-objects-mIoU" in c:
         print(f"  groups named by their majority ground-truth class: objects-mIoU {c['oracle-objects-mIoU']:.1f} "
               f"(seen {c['oracle-objects-mIoU-seen']:.1f} / unseen {c['oracle-objects-mIoU-unseen']:.1f}), "

@@ -14,6 +14,8 @@ __all__ += ["OnlineClusteringHead", "cluster_average", "iic_joint_distribution",
             "mutual_information", "undo_hflip"]
 
 # collapse diagnostics of grouping models (tools/zeroseg_diagnostics.py)
-from .diagnostics import average_statistics, group_oracle_labels, mean_pairwise_cosine, segment_statistics  # noqa: E402
+from .diagnostics import (average_statistics, distinct_embeddings, group_oracle_labels,  # noqa: E402
+                          mean_pairwise_cosine, segment_statistics)
 
-__all__ += ["average_statistics", "group_oracle_labels", "mean_pairwise_cosine", "segment_statistics"]
+__all__ += ["average_statistics", "distinct_embeddings", "group_oracle_labels", "mean_pairwise_cosine",
+            "segment_statistics"]

@@ -1,10 +1,15 @@
 """Whether a grouping model's segments collapsed (ZeroSeg's diagnostics, ``tools/zeroseg_diagnostics.py``):
-how many of the final groups an image actually uses, how much of it the largest one takes, and how
-alike the segment embeddings are."""
+how many of the final groups an image actually uses, how much of it the largest one takes, how
+alike the segment embeddings are and how many of the used groups could be told apart."""
 from typing import Dict, Iterable
 
 import torch
 import torch.nn.functional as F
+from scipy.sparse.csgraph import connected_components
+
+# Segments at least this alike count as one in ``distinct_groups``: the collapse the diagnostics were
+# made for had a mean pairwise cosine of 0.9999; the issue's target for a healthy model is < 0.9.
+DUPLICATE_COSINE = 0.9
 
 
 def mean_pairwise_cosine(embeddings: torch.Tensor) -> float:
@@ -18,13 +23,26 @@ def mean_pairwise_cosine(embeddings: torch.Tensor) -> float:
     return float(sim.triu(diagonal=1).sum() / (g * (g - 1) / 2))
 
 
+def distinct_embeddings(embeddings: torch.Tensor, duplicate_cosine: float = DUPLICATE_COSINE) -> int:
+    """How many of the (G, D) embeddings remain once those with a cosine similarity of at least
+    ``duplicate_cosine`` are merged, transitively (connected components of the "alike" graph). G
+    equal embeddings count 1; G pairwise orthogonal ones count G."""
+    if embeddings.shape[0] == 0:
+        return 0
+    e = F.normalize(embeddings.float(), dim=-1)
+    alike = (e @ e.T >= duplicate_cosine).cpu().numpy()
+    return int(connected_components(alike, directed=False)[0])
+
+
 def segment_statistics(segments: torch.Tensor, groups: torch.Tensor) -> Dict[str, float]:
     """One image's collapse statistics.
 
     segments: (G, D) segment embeddings; groups: (H, W) int64 final group of every pixel.
     Returns ``groups_used`` (distinct groups among the pixels), ``largest_group`` (share of the
     pixels in the largest group), ``segment_cosine`` (mean pairwise cosine of all G segments) and
-    ``used_segment_cosine`` (the same over the used groups only; NaN with fewer than two)."""
+    ``used_segment_cosine`` (the same over the used groups only; NaN with fewer than two) and
+    ``distinct_groups`` (:func:`distinct_embeddings` of the used groups' segments: 1 when the image
+    gets one label whatever the number of groups, the collapse)."""
     counts = torch.bincount(groups.reshape(-1), minlength=segments.shape[0])
     used = counts > 0
     return {
@@ -32,6 +50,7 @@ def segment_statistics(segments: torch.Tensor, groups: torch.Tensor) -> Dict[str
         "largest_group": float(counts.max() / counts.sum()),
         "segment_cosine": mean_pairwise_cosine(segments),
         "used_segment_cosine": mean_pairwise_cosine(segments[used]),
+        "distinct_groups": float(distinct_embeddings(segments[used])),
     }
 
 
