@@ -9,7 +9,8 @@ ablation table.
 
 1. Collapse statistics over the images of ``--stats-dataset`` (at the test size): final groups
    used per image, the largest group's share of the pixels, mean pairwise cosine of the G segment
-   embeddings (all of them, and the used ones only); and the objects-mIoU (below) of the groups
+   embeddings (all of them, and the used ones only), the used groups that can be told apart (their
+   segments merged where the cosine is 0.9 or more; 1 = one label per image); and the objects-mIoU (below) of the groups
    named by an oracle, each by the ground-truth class covering most of it: what the grouping
    allows, whatever the segment embeddings say.
 2. mIoU (all / seen / unseen) and pixel accuracy on each of ``--datasets``, with each dataset's
@@ -44,6 +45,7 @@ from detectron2.data import MetadataCatalog  # noqa: E402
 
 from ovss_d2.data.io import read_label  # noqa: E402
 from ovss_d2.modeling.grouping import average_statistics, group_oracle_labels, segment_statistics  # noqa: E402
+from ovss_d2.modeling.grouping.diagnostics import DUPLICATE_COSINE  # noqa: E402
 from ovss_d2.modeling.meta_arch.zeroseg import is_background  # noqa: E402
 
 METRICS = ("mIoU", "mIoU-seen", "mIoU-unseen", "pACC")
@@ -150,7 +152,7 @@ def main(argv=None):
     print(f"{args.stats_dataset} ({int(c['images'])} images): groups used {c['groups_used']:.2f} of "
           f"{model.head.num_group_tokens[-1]}, largest group {100 * c['largest_group']:.1f} % of the pixels, "
           f"segment cosine {c['segment_cosine']:.3f} (used groups: {c['used_segment_cosine']:.3f}), "
-          f"groups told apart (segment cosine < 0.9) {c['distinct_groups']:.2f}")
+          f"groups told apart (segment cosine < {DUPLICATE_COSINE}) {c['distinct_groups']:.2f}")
     if "oracle-objects-mIoU" in c:
         print(f"  groups named by their majority ground-truth class: objects-mIoU {c['oracle-objects-mIoU']:.1f} "
               f"(seen {c['oracle-objects-mIoU-seen']:.1f} / unseen {c['oracle-objects-mIoU-unseen']:.1f}), "
