@@ -8,18 +8,25 @@ Open http://127.0.0.1:7860. Without ``--weights`` the page loads the config's MO
 the quickstart's model (output/quickstart/method/model_final.pth, written by ``make quickstart``)
 when it fits the config; with neither it still starts and says on the page how to get a model.
 Inference is ``ovss_d2.predictor.Predictor`` (the Python API and demo/demo.py use the same);
-requests run one at a time and text embeddings are cached across them. Needs the ``web`` extra
+requests run one at a time and text embeddings are cached across them. Each request's overlay and
+label map are files the page serves from its own folder: the last ``--keep-results`` requests'
+(default 16) are kept, older ones deleted (least recently used first); uploads leave Gradio's cache
+after an hour; everything goes when the app ends. Needs the ``web`` extra
 (``pip install -e .[web]``; ``make setup`` installs it). ``tools/web_demo_screenshot.py`` takes
 the README's screenshot of this page.
 """
 import argparse
+import errno
 import html
 import logging
 import os
 import re
+import shutil
 import signal
+import socket
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import warnings
@@ -35,7 +42,8 @@ import ovss_d2  # noqa: E402,F401  (compat shims before detectron2)
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ovss_d2.data.io import save_label  # noqa: E402
+from ovss_d2.data.io import check_label_classes, save_label  # noqa: E402
+from ovss_d2.predictor import check_sizes  # noqa: E402
 from ovss_d2.utils.cli import add_model_arguments, parse_args_anywhere  # noqa: E402
 from ovss_d2.utils.vocabulary import parse_vocabulary_text  # noqa: E402
 
@@ -47,6 +55,7 @@ GET_A_MODEL = (f"Train one with `make quickstart` (about 10 minutes on 2 CPU cor
                "or restart with `--weights path/to/model_final.pth`.")
 NUM_EXAMPLES = 4
 DISPLAY_SIZE = 384  # images smaller than this are shown magnified by an integer factor
+KEEP_RESULTS = 16  # requests whose overlay and label map stay on disk (ours: a few browser tabs' worth)
 
 
 class InputError(ValueError):
@@ -60,7 +69,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--max-megapixels", type=float, default=25.0, help="larger uploads are refused")
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="larger files are refused")
+    p.add_argument("--keep-results", type=int, default=KEEP_RESULTS,
+                   help="requests whose overlay and label map files are kept (older ones are deleted)")
     return p
+
+
+def check_app_arguments(args) -> None:
+    """A ``ValueError`` naming the flag for values the page cannot work with (before the model is built)."""
+    check_sizes(args.max_size, max_size_name="--max-size")
+    for flag, value in (("--max-megapixels", args.max_megapixels), ("--max-upload-mb", args.max_upload_mb),
+                        ("--keep-results", args.keep_results)):
+        if not value > 0:
+            raise ValueError(f"{flag} must be positive; got {value}.")
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be 1..65535; got {args.port}.")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """An ``OSError`` saying what to do when ``port`` on ``host`` cannot be served on (in use, or
+    not an address of this machine), found before the model is built."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, port))
+    except OSError as e:
+        reason = e.strerror or str(e)
+        fix = ("stop the program using it, or pass another --port" if e.errno == errno.EADDRINUSE
+               else "pass another --port or --host")
+        raise OSError(e.errno, f"cannot serve on {host}:{port} ({reason}): {fix}.") from None
 
 
 # ---- model -----------------------------------------------------------------------------------------
@@ -136,6 +171,7 @@ def vocabulary_from_text(text: str) -> Tuple[List[str], List[str]]:
         warnings.simplefilter("always")
         try:
             names = parse_vocabulary_text(text or "")
+            check_label_classes(len(names))
         except (ValueError, KeyError, TypeError) as e:
             raise InputError(e.args[0] if e.args else str(e)) from None
     return names, [str(w.message) for w in caught]
@@ -149,12 +185,7 @@ def read_upload(path: Optional[str], max_pixels: float) -> np.ndarray:
         raise InputError("No image: upload one (or pick an example), then press Segment.")
     name = os.path.basename(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-    except Image.DecompressionBombError:
-        w = h = int(max_pixels) + 1
+        w, h = image_size(path)
     except Exception:  # noqa: BLE001 - not an image: read_image_rgb below says so
         w = h = 0
     if w * h > max_pixels:
@@ -167,6 +198,22 @@ def read_upload(path: Optional[str], max_pixels: float) -> np.ndarray:
         reason = re.sub(r"\s*<_io\.\w+ name=[^>]*>", "", str(e).split(": ", 1)[-1].replace(path, name))
         raise InputError(f"`{name}` cannot be read as an image ({reason}): upload a PNG, JPEG, BMP, TIFF or "
                          "WebP file.") from None
+
+
+_PIL_LIMIT = threading.Lock()
+
+
+def image_size(path: str) -> Tuple[int, int]:
+    """(width, height) from the file's header, nothing decoded. Pillow's own decompression-bomb
+    check is off for this call (the page compares the size with --max-megapixels itself), so an
+    image too large for Pillow still reports its real size."""
+    with _PIL_LIMIT:  # MAX_IMAGE_PIXELS is Pillow's module global
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            with Image.open(path) as im:
+                return im.size
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def _magnify(array: np.ndarray, k: int) -> np.ndarray:
@@ -200,18 +247,33 @@ class Answer:
     rows: List[Tuple[str, int, float]] = field(default_factory=list)  # (class, pixels, share %), largest first
     legend: str = ""
     label_path: Optional[str] = None
+    overlay_path: Optional[str] = None  # the overlay as the PNG the page shows
 
     def outputs(self) -> tuple:
-        return self.overlay, self.legend, shares_html(self.rows) if self.rows else "", self.label_path, self.status
+        shown = self.overlay_path or self.overlay
+        return shown, self.legend, shares_html(self.rows) if self.rows else "", self.label_path, self.status
 
 
 class WebDemo:
-    """The page's state: one Predictor (its model caches text embeddings across requests)."""
+    """The page's state: one Predictor (its model caches text embeddings across requests). Each
+    answered request's overlay and label map are written to a folder ``result_<n>`` of ``workdir``;
+    only the last ``keep_results`` folders are kept, the oldest are deleted."""
 
     def __init__(self, predictor, *, title: str, max_pixels: float, workdir: str, default_classes: Sequence[str] = (),
-                 examples: Sequence[str] = (), note: str = ""):
+                 examples: Sequence[str] = (), note: str = "", keep_results: int = KEEP_RESULTS):
         self.predictor, self.title, self.max_pixels, self.workdir = predictor, title, max_pixels, workdir
         self.default_classes, self.examples, self.note = list(default_classes), list(examples), note
+        self.keep_results, self._results = keep_results, 0
+
+    def _result_folder(self) -> str:
+        """A new folder for one request's files, after deleting the oldest beyond ``keep_results - 1``."""
+        old = sorted(d for d in os.listdir(self.workdir) if re.fullmatch(r"result_\d+", d))
+        for name in old[:max(0, len(old) - self.keep_results + 1)]:
+            shutil.rmtree(os.path.join(self.workdir, name), ignore_errors=True)
+        self._results += 1
+        folder = os.path.join(self.workdir, f"result_{self._results:09d}")
+        os.makedirs(folder)
+        return folder
 
     def segment(self, path: Optional[str], text: str, progress=None) -> Answer:
         """An uploaded file and the class box's text -> what the page shows."""
@@ -241,15 +303,17 @@ class WebDemo:
         shown, shown_label = (image, pred.label) if k == 1 else (_magnify(image, k), _magnify(pred.label, k))
         fractions = pred.fractions()
         counts = np.bincount(pred.label.reshape(-1), minlength=len(names))
-        label_path = os.path.join(tempfile.mkdtemp(dir=self.workdir),
-                                  os.path.splitext(os.path.basename(path))[0] + "_label.png")
+        folder = self._result_folder()
+        stem = os.path.join(folder, os.path.splitext(os.path.basename(path))[0])
+        label_path, overlay_path = stem + "_label.png", stem + "_overlay.png"
         save_label(pred.label, len(names), label_path)
+        overlay = draw_overlay(shown, shown_label, names, palette=palette)
+        Image.fromarray(overlay).save(overlay_path)
         status = (f"**Done:** {len(fractions)} of {len(names)} classes found in the {image.shape[1]}x{image.shape[0]} "
                   f"image ({time.perf_counter() - start:.2f} s).")
-        return Answer(status + "".join(f"\n\n**Warning:** {n}" for n in notes),
-                      overlay=draw_overlay(shown, shown_label, names, palette=palette),
+        return Answer(status + "".join(f"\n\n**Warning:** {n}" for n in notes), overlay=overlay,
                       rows=[(n, int(counts[names.index(n)]), 100 * f) for n, f in fractions.items()],
-                      legend=legend_html(fractions, names, palette), label_path=label_path)
+                      legend=legend_html(fractions, names, palette), label_path=label_path, overlay_path=overlay_path)
 
     def preview(self, path: Optional[str]):
         """The uploaded image as read, or a message."""
@@ -327,15 +391,18 @@ def model_title(cfg, config_file: str, weights: str) -> str:
             f"`{shown or 'none (see below)'}` · **CLIP** {cfg.MODEL.CLIP.NAME} · **device** {cfg.MODEL.DEVICE}")
 
 
-def create_app(args, workdir: str) -> WebDemo:
+def create_app(args, workdir: str, results_dir: Optional[str] = None) -> WebDemo:
+    """The page's state: examples written to ``workdir``, request results to ``results_dir``
+    (default ``workdir``)."""
     from ovss_d2.engine import load_config
 
     cfg = load_config(args.config_file, args.opts)
     predictor, weights, note = load_predictor(cfg, args.weights, device=args.device, max_size=args.max_size)
     examples = toyworld_examples(workdir)
     return WebDemo(predictor, title=model_title(predictor.cfg, args.config_file, weights),
-                   max_pixels=args.max_megapixels * 1e6, workdir=workdir, default_classes=default_vocabulary(cfg),
-                   examples=examples, note=note)
+                   max_pixels=args.max_megapixels * 1e6, workdir=results_dir or workdir,
+                   default_classes=default_vocabulary(cfg), examples=examples, note=note,
+                   keep_results=args.keep_results)
 
 
 def main(argv=None) -> int:
@@ -344,6 +411,12 @@ def main(argv=None) -> int:
     if not args.config_file:
         parser.error("the following arguments are required: --config-file")
     try:
+        check_app_arguments(args)
+        check_port_free(args.host, args.port)
+    except (OSError, ValueError) as e:
+        print(f"demo/app.py: {e.strerror if isinstance(e, OSError) and e.strerror else e}", file=sys.stderr)
+        return 2
+    try:
         import gradio
     except ImportError:
         gradio = None
@@ -351,19 +424,42 @@ def main(argv=None) -> int:
         print("demo/app.py needs Gradio 6: pip install -e .[web] (make setup installs it).", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="ovss_web_") as workdir:
+        # Gradio's uploads and copies live in the app's folder (removed at exit) unless the user
+        # chose GRADIO_TEMP_DIR; results are written inside Gradio's folder, so they are served as
+        # they are (Gradio copies a file from elsewhere, one more file per request).
+        ours = "GRADIO_TEMP_DIR" not in os.environ
+        if ours:
+            os.environ["GRADIO_TEMP_DIR"] = os.path.join(workdir, "gradio")
+        os.makedirs(os.environ["GRADIO_TEMP_DIR"], exist_ok=True)
+        results = tempfile.mkdtemp(prefix="ovss_results_", dir=os.environ["GRADIO_TEMP_DIR"])
         try:
-            app = create_app(args, workdir)
-        except (OSError, ValueError, KeyError, RuntimeError) as e:  # config, weights, device
-            print(f"demo/app.py: {_first_line(e)}", file=sys.stderr)
-            return 2
-        logging.basicConfig(level=logging.WARNING, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
-        logger.setLevel(logging.INFO)
-        # SIGTERM ends the server as Ctrl-C does, so the temporary folder is removed
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        blocks = build_blocks(app)
-        blocks.queue(default_concurrency_limit=1)  # one Predictor: requests take turns
+            return _serve(args, workdir, results)
+        finally:
+            shutil.rmtree(results, ignore_errors=True)
+            if ours:
+                del os.environ["GRADIO_TEMP_DIR"]
+
+
+def _serve(args, workdir: str, results: str) -> int:
+    """Build the page and serve it until Ctrl-C / SIGTERM; 2 when the model cannot be built."""
+    try:
+        app = create_app(args, workdir, results)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:  # config, weights, device
+        print(f"demo/app.py: {_first_line(e)}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
+    logger.setLevel(logging.INFO)
+    # SIGTERM ends the server as Ctrl-C does, so the temporary folder is removed
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    blocks = build_blocks(app)
+    blocks.queue(default_concurrency_limit=1)  # one Predictor: requests take turns
+    try:
         blocks.launch(server_name=args.host, server_port=args.port, max_file_size=int(args.max_upload_mb * 2**20),
                       allowed_paths=[workdir], css=CSS, footer_links=[], quiet=False)
+    except OSError as e:  # the port was taken after the check above
+        print(f"demo/app.py: cannot serve on {args.host}:{args.port} ({_first_line(e)}): stop the program using "
+              "it, or pass another --port.", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -28,6 +28,19 @@ from .utils.visualize import class_fractions
 from .utils.vocabulary import check_vocabulary, deduplicate
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+# The smallest working resolution (long side) and sliding window, in pixels: our choice. Below it
+# the image is smaller than one cell of a stride-32 feature map (ConvNeXt CLIPs, SIZE_DIVISIBILITY's
+# default), so every pixel would get the same class.
+MIN_SIZE = 32
+
+
+def check_sizes(max_size, window: int = MIN_SIZE, max_size_name: str = "max_size", window_name: str = "window"):
+    """A ``ValueError`` naming the argument when ``max_size`` or ``window`` is not an integer of at
+    least :data:`MIN_SIZE` pixels (the demos pass their flags' names)."""
+    for name, value in ((max_size_name, max_size), (window_name, window)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < MIN_SIZE:
+            raise ValueError(f"{name} must be a whole number of pixels, at least {MIN_SIZE}; got {value!r} (a smaller "
+                             "working image gives every pixel the same class).")
 
 
 @dataclass
@@ -73,7 +86,8 @@ class Predictor:
         templates: a built-in template set name or a list of templates (default: the config's).
         mode: "resize" (whole image at the working resolution) or "slide" (windows of ``window``
             pixels with 1/3 overlap, plus the whole image, averaged).
-        max_size: long side of the working resolution.
+        max_size: long side of the working resolution, at least :data:`MIN_SIZE` pixels.
+        window: side of the sliding windows (``mode="slide"``), at least :data:`MIN_SIZE` pixels.
     """
 
     def __init__(self, config, weights: str = "", opts: Sequence[str] = (), device: Optional[str] = None,
@@ -82,6 +96,7 @@ class Predictor:
 
         if mode not in ("resize", "slide"):
             raise ValueError(f"mode must be 'resize' or 'slide', got {mode!r}")
+        check_sizes(max_size, window)
         if isinstance(config, (str, os.PathLike)):
             cfg = load_config(os.fspath(config), list(opts))
         else:
@@ -159,7 +174,7 @@ class Predictor:
     def predict_batch(self, images: Sequence[ImageLike],
                       vocabulary: Optional[Sequence[str]] = None) -> List[Prediction]:
         """Segment several images in one model call (each a path, a PIL image or an (H, W, 3)
-        uint8 RGB array or tensor)."""
+        uint8 RGB array or tensor); an empty list gives an empty list."""
         if vocabulary is not None and (isinstance(vocabulary, str) or not isinstance(vocabulary, Sequence)
                                        or list(vocabulary) != self.class_names):
             self.set_vocabulary(vocabulary)
@@ -167,7 +182,10 @@ class Predictor:
             raise ValueError("No vocabulary: pass one to predict() or call set_vocabulary().")
         if isinstance(images, (str, os.PathLike, np.ndarray)) or not isinstance(images, Sequence):
             raise TypeError("predict_batch() takes a list of images; use predict() for one image.")
+        check_sizes(self.max_size, self.window)  # public attributes: they may have been changed
         arrays = [as_rgb_image(im) for im in images]
+        if not arrays:
+            return []
         work = [self._working_image(a) for a in arrays]
         scores = [self._slide(t) for t in work] if self.mode == "slide" else self._run(work)
         return [Prediction(upsample_argmax(s, a.shape[:2]).numpy().astype(np.int64), s, list(self.class_names))

@@ -226,6 +226,8 @@ BAD_MODEL = ["MODEL.CLIP.NAME", "no-such-clip"]
     ({"--weights": "missing.pth"}, "--weights missing.pth not found"),
     ({"--input": "nothing_here/*.png"}, "no image or video found"),
     ({"--templates": "no_such_set"}, "Unknown prompt template set"),
+    ({"--config-file": "missing.yaml"}, "--config-file missing.yaml not found: give a config such as"),
+    ({"--batch-size": "0"}, "--batch-size must be at least 1, --limit at least 0."),
 ])
 def test_bad_arguments_fail_first_with_one_line(change, words, folder, tmp_path, capsys):
     demo = _import_demo()

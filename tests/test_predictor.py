@@ -146,3 +146,51 @@ def test_open_clip_tag_keeps_its_quick_gelu_and_opt_out_keeps_the_clip_weights()
     cfg = load_config("", ["MODEL.CLIP.PRETRAINED", "openai"])
     skip_initial_clip_weights(cfg, "")
     assert cfg.MODEL.CLIP.PRETRAINED == "openai"
+
+
+# ---- issue 28: sizes that give every pixel one class, images without pixels, empty batches -----------
+@pytest.mark.parametrize("kwargs, name, value", [
+    ({"max_size": 0}, "max_size", "0"), ({"max_size": -5}, "max_size", "-5"), ({"max_size": 1}, "max_size", "1"),
+    ({"max_size": 31}, "max_size", "31"), ({"max_size": 512.5}, "max_size", "512.5"),
+    ({"mode": "slide", "window": 0}, "window", "0"),
+])
+def test_sizes_below_one_feature_cell_are_refused(trained, kwargs, name, value):
+    with pytest.raises(ValueError, match=rf"^{name} must be a whole number of pixels, at least 32; got {value} "):
+        Predictor(CONFIG, trained[0], opts=RANDOM_CLIP, **kwargs)
+
+
+def test_sizes_changed_after_construction_are_checked(predictor):
+    predictor.window = 0
+    try:
+        with pytest.raises(ValueError, match="window must be a whole number of pixels, at least 32; got 0"):
+            predictor.predict(_rgb(40, 40, 1), VOCAB)
+    finally:
+        predictor.window = 512
+
+
+@pytest.mark.parametrize("empty", [
+    np.zeros((0, 12, 3), np.uint8), np.zeros((12, 0, 3), np.uint8), Image.new("RGB", (0, 7)),
+    torch.zeros(3, 0, 5, dtype=torch.uint8), np.zeros((0, 0), np.uint8),
+])
+def test_an_image_without_pixels_is_refused(predictor, empty):
+    with pytest.raises(ValueError, match=r"Expected an image with pixels; got one of size \d+x\d+"):
+        predictor.predict(empty, VOCAB)
+
+
+def test_an_empty_batch_gives_an_empty_list(predictor):
+    assert predictor.predict_batch([], VOCAB) == []
+    assert predictor.predict_batch(()) == [] and predictor.class_names == VOCAB
+    batch = predictor.predict_batch([_rgb(30, 40, 5)])  # and the next batch runs as before
+    assert np.array_equal(batch[0].label, predictor.predict(_rgb(30, 40, 5)).label)
+
+
+def test_other_argument_mistakes_name_the_fix(trained):
+    with pytest.raises(ValueError, match="mode must be 'resize' or 'slide', got 'tiles'"):
+        Predictor(CONFIG, trained[0], opts=RANDOM_CLIP, mode="tiles")
+    with pytest.raises(ValueError, match=r"Prompt template 'a photo of a \{\{\}\}\.' must contain exactly one '\{\}'"):
+        Predictor(CONFIG, trained[0], opts=RANDOM_CLIP, templates=["a photo of a {{}}."])
+    fresh = Predictor(CONFIG, trained[0], opts=RANDOM_CLIP, max_size=64)
+    with pytest.raises(ValueError, match=r"No vocabulary: pass one to predict\(\) or call set_vocabulary\(\)"):
+        fresh.predict(_rgb(20, 20, 0))
+    with pytest.raises(TypeError, match=r"predict_batch\(\) takes a list of images; use predict\(\) for one image"):
+        fresh.predict_batch(_rgb(20, 20, 0), VOCAB)

@@ -67,3 +67,47 @@ def test_duplicates_warn_from_every_entry_point_but_not_in_models(tmp_path):
         assert check_vocabulary(["sky", "sky"], warn_duplicates=False) == ["sky", "sky"]
     with pytest.raises(TypeError, match=r"\['a', 'b'\]"):
         check_vocabulary("a,b", warn_duplicates=False)
+
+
+# ---- issue 28: encodings, "dataset:" without a name, very large vocabularies --------------------------
+def test_a_byte_order_mark_is_not_part_of_the_first_class(tmp_path):
+    path = tmp_path / "windows.txt"
+    path.write_bytes(b"\xef\xbb\xbfgrass\r\nsky\r\n")
+    assert read_vocabulary_file(str(path)) == parse_vocabulary(str(path)) == ["grass", "sky"]
+
+
+@pytest.mark.parametrize("data, offset, line, extra", [
+    ("grass\ncaf\u00e9\n".encode("latin-1"), 9, 2, ""),
+    (b"\xef\xbb\xbfsky\n\xff", 7, 2, ""),  # offsets count the BOM: they are the file's
+    ("sky\n".encode("utf-16"), 0, 1, " (it starts with a UTF-16 byte-order mark)"),
+])
+def test_a_file_in_another_encoding_names_file_offset_and_fix(tmp_path, data, offset, line, extra):
+    path = tmp_path / "classes.txt"
+    path.write_bytes(data)
+    with pytest.raises(ValueError) as info:
+        parse_vocabulary(str(path))
+    message = str(info.value)
+    assert message.startswith(f"Vocabulary file {path} is not UTF-8 text{extra}: byte 0x{data[offset]:02x} at offset "
+                              f"{offset} (line {line}) is not valid UTF-8. Save it as UTF-8 (e.g. iconv")
+    with pytest.raises(UnicodeDecodeError) as raw:  # the offset is the one Python's decoder finds in the bytes
+        data.decode("utf-8")
+    assert raw.value.start == offset
+
+
+@pytest.mark.parametrize("spec", ["dataset:", "dataset:  "])
+def test_dataset_prefix_without_a_name(spec):
+    for parse in (parse_vocabulary, parse_vocabulary_text):
+        with pytest.raises(ValueError, match="^dataset: names no dataset: write dataset:NAME with a registered"):
+            parse(spec)
+
+
+def test_a_large_vocabulary_is_checked_in_linear_time():
+    """65,536 distinct names and one repeat: the duplicate warning is found without comparing
+    every pair (which took minutes)."""
+    import time
+
+    names = [f"class {i}" for i in range(65536)] + ["Class 7"]
+    start = time.perf_counter()
+    with pytest.warns(DuplicateClassWarning, match="'class 7' at positions 7, 65536"):
+        assert check_vocabulary(names) == names
+    assert time.perf_counter() - start < 5

@@ -169,9 +169,91 @@ def test_starts_without_a_trained_model(weights, tmp_path, monkeypatch):
 
 def test_bad_weights_end_the_app_with_one_line(tmp_path, capsys):
     _require(importlib.util.find_spec("gradio") is not None, "no gradio (make setup installs it)")
-    assert app.main(["--config-file", CONFIG, "--weights", str(tmp_path / "typo.pth"), "--port", "1"]) == 2
+    assert app.main(["--config-file", CONFIG, "--weights", str(tmp_path / "typo.pth"),
+                     "--port", str(browser_tools.free_port())]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("demo/app.py: Weights") and "typo.pth" in err and "\n" not in err
+
+
+# ---- issue 28: requests and arguments the page must answer with one line ---------------------------------
+def _png_header(path, width, height):
+    """A PNG whose header declares ``width`` x ``height`` (a few bytes of pixel data follow): what
+    a decompression bomb looks like before it is decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_refused_with_its_real_size(web, tmp_path):
+    bomb = tmp_path / "bomb.png"
+    _png_header(bomb, 40000, 40000)  # 1.6 gigapixels: over Pillow's own limit too
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(bomb)
+    for status in (web.segment(str(bomb), "sky").status, web.preview(str(bomb))[1]):
+        assert status.startswith("**Error:** `bomb.png` is too large (40000x40000, 1600.0 megapixels; this page "
+                                 "takes up to 0.05)"), status
+    assert Image.MAX_IMAGE_PIXELS is not None  # Pillow's limit is back for everything else
+
+
+def test_dataset_without_a_name_and_too_many_classes_are_messages(web, tmp_path):
+    good = tmp_path / "good.png"
+    Image.fromarray(_scene()).save(good)
+    status = web.segment(str(good), "dataset:").status
+    assert status.startswith("**Error:** dataset: names no dataset: write dataset:NAME"), status
+    many = "\n".join(f"class {i}" for i in range(65536))
+    status = web.segment(str(good), many).status
+    assert status.startswith("**Error:** 65,536 classes do not fit a 16-bit label map (at most 65,535)"), status
+
+
+def test_result_files_are_capped_oldest_first(predictor, tmp_path):
+    """Each request writes an overlay and a label map the page serves; only the last
+    ``keep_results`` requests' stay on disk."""
+    web = app.WebDemo(predictor, title="test", max_pixels=MAX_MEGAPIXELS * 1e6, workdir=str(tmp_path / "results"),
+                      keep_results=2)
+    os.makedirs(web.workdir)
+    path = tmp_path / "scene.png"
+    Image.fromarray(_scene()).save(path)
+    answers = [web.segment(str(path), "grass, sky") for _ in range(4)]
+    kept = sorted(os.listdir(web.workdir))
+    assert len(kept) == 2
+    for i, answer in enumerate(answers):
+        overlay, _, _, label, _ = answer.outputs()
+        assert os.path.isfile(label) == os.path.isfile(overlay) == (i >= 2), i
+        assert os.path.dirname(label) == os.path.dirname(overlay) == answer.label_path.rsplit(os.sep, 1)[0]
+    overlay, *_ = answers[-1].outputs()
+    assert np.array_equal(np.asarray(Image.open(overlay)), answers[-1].overlay)
+    assert sorted(os.path.basename(os.path.dirname(a.label_path)) for a in answers[2:]) == kept
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--max-size", "0"], "--max-size must be a whole number of pixels, at least 32; got 0"),
+    (["--max-size", "1"], "--max-size must be a whole number of pixels, at least 32; got 1"),
+    (["--keep-results", "0"], "--keep-results must be positive; got 0"),
+    (["--max-megapixels", "-1"], "--max-megapixels must be positive; got -1.0"),
+])
+def test_bad_app_arguments_end_it_with_one_line(flags, words, capsys):
+    assert app.main(["--config-file", CONFIG, "--port", str(browser_tools.free_port()), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"demo/app.py: {words}") and "\n" not in err, err
+
+
+def test_a_busy_port_ends_the_app_with_one_line(capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert app.main(["--config-file", CONFIG, "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"demo/app.py: cannot serve on 127.0.0.1:{port} (Address already in use): stop the program "
+                          "using it, or pass another --port") and "\n" not in err, err
 
 
 # ---- the page in a real browser -------------------------------------------------------------------------

@@ -1,5 +1,10 @@
-"""Reading images and label maps, with errors that name the file; writing label maps."""
+"""Reading images and label maps, with errors that name the file; writing label maps; finding
+input files by glob."""
+import fnmatch
+import glob
 import os
+import re
+from typing import List
 
 import numpy as np
 from detectron2.utils.file_io import PathManager
@@ -45,7 +50,7 @@ def as_rgb_image(image) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         return read_image_rgb(image)
     if isinstance(image, Image.Image):
-        return pil_to_rgb(image)
+        return check_not_empty(pil_to_rgb(image))
     if type(image).__module__.startswith("torch"):
         image = _tensor_to_hwc(image)
     if not isinstance(image, np.ndarray):
@@ -57,7 +62,15 @@ def as_rgb_image(image) -> np.ndarray:
         image = np.repeat(image[..., None], 3, axis=2)
     if image.ndim != 3 or image.shape[2] not in (3, 4):
         raise ValueError(f"Expected an (H, W, 3) RGB image; got shape {tuple(image.shape)}.")
-    return np.ascontiguousarray(image[..., :3])
+    return check_not_empty(np.ascontiguousarray(image[..., :3]))
+
+
+def check_not_empty(image: np.ndarray) -> np.ndarray:
+    """``image`` (H, W, C) itself, or a ``ValueError`` when it has no pixel (H or W is 0)."""
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"Expected an image with pixels; got one of size {image.shape[1]}x{image.shape[0]} "
+                         "(width x height). Skip empty images before segmenting.")
+    return image
 
 
 def _tensor_to_hwc(tensor) -> np.ndarray:
@@ -91,11 +104,71 @@ def read_label(path: str) -> np.ndarray:
     return arr
 
 
+# The most classes a label PNG holds: 16-bit grey, ids 0..65534 (65535 is the ignore value of
+# 16-bit datasets). PNG has no 32-bit grey mode, so a larger vocabulary is refused up front.
+MAX_LABEL_CLASSES = 65535
+
+
+def check_label_classes(num_classes: int) -> None:
+    """A ``ValueError`` when ``num_classes`` do not fit a label PNG (:data:`MAX_LABEL_CLASSES`):
+    the entry points call it before any inference."""
+    if num_classes > MAX_LABEL_CLASSES:
+        raise ValueError(f"{num_classes:,} classes do not fit a 16-bit label map (at most {MAX_LABEL_CLASSES:,}): "
+                         f"split the vocabulary into parts of at most {MAX_LABEL_CLASSES:,} classes.")
+
+
 def save_label(label: np.ndarray, num_classes: int, path: str) -> None:
     """(H, W) class ids as a grey PNG (:func:`read_label` reads it back): 8-bit for up to 255
     classes, 16-bit above; written atomically (a file at ``path`` is complete)."""
     from .datasets.preparation import write_label_png
 
-    if num_classes > 65535:
-        raise ValueError(f"{num_classes} classes do not fit a 16-bit label map.")
+    check_label_classes(num_classes)
     write_label_png(path, np.ascontiguousarray(label, dtype=np.uint8 if num_classes <= 255 else np.uint16))
+
+
+_MAGIC = re.compile(r"[*?[]")
+
+
+def glob_files(pattern: str) -> List[str]:
+    """Files matching a glob ``pattern``, sorted: ``glob.glob(pattern, recursive=True)`` without
+    its folders, except that a ``**`` walk visits every folder once (by real path). ``glob.glob``
+    follows symbolic links into folders, so a link to a parent folder makes it list
+    ``a/back/back/...`` until the path is too long, and several such links make that exponential;
+    here a folder reached again through a link is skipped. As in ``glob``, ``**`` matches zero or
+    more folders and no wildcard matches a name starting with "." unless the pattern's part does."""
+    if "**" not in pattern:
+        return sorted(m for m in glob.glob(pattern) if os.path.isfile(m))
+    parts = pattern.replace(os.sep, "/").split("/")
+    fixed = 0
+    while fixed < len(parts) - 1 and not _MAGIC.search(parts[fixed]):
+        fixed += 1
+    base = "/".join(parts[:fixed]) or ("/" if pattern.startswith("/") else ".")
+    rest = parts[fixed:]
+    if not os.path.isdir(base):
+        return []
+    visited, found = {os.path.realpath(base)}, []
+    for root, dirs, files in os.walk(base, followlinks=True):
+        keep = []
+        for d in sorted(dirs):
+            real = os.path.realpath(os.path.join(root, d))
+            if real not in visited:
+                visited.add(real)
+                keep.append(d)
+        dirs[:] = keep
+        rel = os.path.relpath(root, base)
+        names = [] if rel == "." else rel.split(os.sep)
+        found.extend(os.path.normpath(os.path.join(root, f)) for f in files if _glob_match(names + [f], rest))
+    return sorted(found)
+
+
+def _glob_match(names: List[str], patterns: List[str]) -> bool:
+    """Whether the path parts ``names`` match the pattern parts (``**``: zero or more parts)."""
+    if not patterns:
+        return not names
+    head = patterns[0]
+    if head == "**":
+        return _glob_match(names, patterns[1:]) or (
+            bool(names) and not names[0].startswith(".") and _glob_match(names[1:], patterns))
+    if not names or (names[0].startswith(".") and not head.startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(names[0], head) and _glob_match(names[1:], patterns[1:])

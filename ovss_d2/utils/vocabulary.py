@@ -3,9 +3,10 @@ checked, with errors that name the fix and a warning for duplicated names."""
 import os
 import re
 import warnings
-from typing import Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 DATASET_PREFIX = "dataset:"
+UTF8_BOM = b"\xef\xbb\xbf"
 # A --vocabulary value without a comma that ends like this is meant as a file.
 FILE_SUFFIXES = (".txt", ".csv", ".tsv", ".json", ".yaml", ".yml", ".names", ".lst", ".list", ".labels", ".vocab")
 
@@ -19,6 +20,9 @@ def dataset_vocabulary(name: str) -> List[str]:
     vocabularies, the demos' ``dataset:NAME``."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
+    if not name:  # detectron2's catalogs assert a non-empty name
+        raise ValueError(f"{DATASET_PREFIX} names no dataset: write {DATASET_PREFIX}NAME with a registered dataset, "
+                         f"e.g. {DATASET_PREFIX}toyworld_val.")
     names = getattr(MetadataCatalog.get(name), "stuff_classes", None)
     if names:
         return list(names)
@@ -38,9 +42,22 @@ def _vocabulary_lines(lines: Iterable[str]) -> List[str]:
 
 def read_vocabulary_file(path: str) -> List[str]:
     """One class per line (a line may hold synonyms, ``person, people``); blank lines and ``#``
-    comments are skipped."""
-    with open(path, encoding="utf-8") as f:
-        names = _vocabulary_lines(f)
+    comments are skipped. The file is UTF-8, with or without a byte-order mark (Windows editors
+    write one; it is not part of the first name); other encodings are refused with the offset of
+    the first byte that is not UTF-8."""
+    with open(path, "rb") as f:
+        data = f.read()
+    start = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
+    try:
+        text = data[start:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        offset = start + e.start
+        line = data[:offset].count(b"\n") + 1
+        utf16 = " (it starts with a UTF-16 byte-order mark)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise ValueError(f"Vocabulary file {path} is not UTF-8 text{utf16}: byte 0x{data[offset]:02x} at offset "
+                         f"{offset} (line {line}) is not valid UTF-8. Save it as UTF-8 (e.g. iconv -f latin1 -t utf-8 "
+                         f"{path} > classes_utf8.txt, naming the file's real encoding).") from None
+    names = _vocabulary_lines(text.splitlines())
     if not names:
         raise ValueError(f"Vocabulary file {path} holds no class name: write one class per line.")
     return names
@@ -134,8 +151,10 @@ def check_vocabulary(class_names: Sequence[str], warn_duplicates: bool = True) -
     if not warn_duplicates:
         return names
     unique, positions = deduplicate(names)
-    dups = [f"{unique[u]!r} at positions {', '.join(str(i) for i, p in enumerate(positions) if p == u)}"
-            for u in range(len(unique)) if positions.count(u) > 1]
+    where: Dict[int, List[int]] = {}
+    for i, u in enumerate(positions):  # one pass: a vocabulary may hold tens of thousands of names
+        where.setdefault(u, []).append(i)
+    dups = [f"{unique[u]!r} at positions {', '.join(map(str, at))}" for u, at in where.items() if len(at) > 1]
     if dups:
         warnings.warn(f"The vocabulary names a class more than once ({'; '.join(dups)}): each class is "
                       "segmented once and its pixels get its first id. Remove the duplicates.",

@@ -1,4 +1,5 @@
 """Prompt template sets. Every template holds one "{}" for the class name."""
+import string
 from typing import Dict, List, Sequence, Tuple
 
 # The 80 ImageNet prompt templates of the CLIP paper (SED uses all of them, P = 80). The order is
@@ -115,8 +116,23 @@ def resolve_templates(name: str, custom: Sequence[str] = ()) -> List[str]:
 
 
 def validate_templates(templates: Sequence[str]) -> None:
-    if len(templates) == 0:
-        raise ValueError("The prompt template list is empty: give at least one template with '{}'.")
+    """Refuse a template list that would not put each class name into its prompts once: every
+    template must hold exactly one replacement field, a plain ``{}`` (``str.format``'s own reading,
+    so ``{{}}`` is a literal brace pair, not a field; ``{name}``, ``{0}`` or a lone ``}`` would fail
+    or differ at embedding time)."""
+    if isinstance(templates, str) or len(templates) == 0:
+        raise ValueError("The prompt template list is empty: give at least one template with '{}'."
+                         if not templates else f"Expected a list of prompt templates, got the string {templates!r}.")
     for t in templates:
-        if not isinstance(t, str) or t.count("{}") != 1:
-            raise ValueError(f"Prompt template {t!r} must contain exactly one '{{}}' for the class name.")
+        if not isinstance(t, str):
+            raise ValueError(f"Prompt template {t!r} is not a string: give text with one '{{}}' for the class name.")
+        try:
+            fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(t) if name is not None]
+        except ValueError as e:  # e.g. a lone "}" or an unclosed "{"
+            raise ValueError(f"Prompt template {t!r} is not a valid format string ({e}): write '{{{{' and '}}}}' for "
+                             "literal braces and '{}' once for the class name.") from None
+        if fields != [("", "", None)]:
+            found = ", ".join("{" + n + ("!" + c if c else "") + (":" + s if s else "") + "}" for n, s, c in fields)
+            has = f"{len(fields)} replacement fields, {found}" if len(fields) > 1 else (found or "none")
+            raise ValueError(f"Prompt template {t!r} must contain exactly one '{{}}' for the class name; it has "
+                             f"{has} ('{{{{' and '}}}}' are literal braces).")
