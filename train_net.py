@@ -6,8 +6,11 @@
     python train_net.py --config-file ... --resume          # continue from OUTPUT_DIR/last_checkpoint
 
 Without GPUs, --num-gpus N runs N CPU processes (gloo). Flags may come before or after the KEY VALUE
-overrides. --resume skips a corrupt last checkpoint (warning) for the latest intact one. MODEL.WEIGHTS
-must fit the model exactly (MODEL.WEIGHTS_STRICT False to fine-tune from another model's weights).
+overrides. --resume skips a corrupt last checkpoint (warning) for the latest intact one, and applies a
+changed config (warning naming the keys). MODEL.WEIGHTS must fit the model exactly (MODEL.WEIGHTS_STRICT
+False to fine-tune from another model's weights) and is read as data only; --eval-only of a model with
+trainable parts needs it (MODEL.WEIGHTS none: evaluate the untrained model on purpose). Refused inputs
+and their messages: docs/refused_inputs.md.
 """
 import ovss_d2  # noqa: F401  (compat shims + registration; must precede detectron2 imports)
 from detectron2.engine import default_argument_parser

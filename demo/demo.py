@@ -332,7 +332,7 @@ def check_arguments(args) -> Tuple[List[str], object, List[str], List[Tuple[str,
         raise UsageError(f"--config-file {args.config_file} not found: give a config such as configs/toy/sed_toy.yaml.")
     try:
         check_weights_file(args.weights, "--weights")
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         raise UsageError(e.args[0]) from None
     if args.batch_size < 1 or args.limit < 0:
         raise UsageError("--batch-size must be at least 1, --limit at least 0.")

@@ -224,6 +224,7 @@ BAD_MODEL = ["MODEL.CLIP.NAME", "no-such-clip"]
     ({"--output": "FILE"}, "is a file, not a folder"),
     ({"--output": "FILE/sub"}, "cannot be written"),
     ({"--weights": "missing.pth"}, "--weights missing.pth not found"),
+    ({"--weights": "FILE"}, "is not a checkpoint: it starts with b'x'"),
     ({"--input": "nothing_here/*.png"}, "no image or video found"),
     ({"--templates": "no_such_set"}, "Unknown prompt template set"),
     ({"--config-file": "missing.yaml"}, "--config-file missing.yaml not found: give a config such as"),

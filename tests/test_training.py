@@ -228,7 +228,7 @@ def test_eval_only_needs_no_initial_clip_weights(data_root, tmp_path):
     assert evaluate("toyworld") == reference
     assert evaluate(str(tmp_path / "deleted_clip.pt")) == reference
     # and the weights were used: an untrained model scores differently
-    assert OVSSTrainer.evaluate(tiny_cfg(str(tmp_path / "untrained"))) != reference
+    assert OVSSTrainer.evaluate(tiny_cfg(str(tmp_path / "untrained"), extra=("MODEL.WEIGHTS", "none"))) != reference
 
 
 def test_eval_only_refuses_another_models_weights(data_root, tmp_path):

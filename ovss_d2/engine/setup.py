@@ -4,11 +4,13 @@ import os
 from typing import Sequence
 
 import torch
+import yaml
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_setup
 from detectron2.utils.logger import setup_logger
 
+from ..checkpoint import check_weights_file, is_no_checkpoint
 from ..config import add_ovss_config
 from ..data.datasets import verify_sem_seg_dataset
 
@@ -23,14 +25,57 @@ def load_config(config_file: str = "", opts: Sequence[str] = ()) -> CfgNode:
     cfg = get_cfg()
     add_ovss_config(cfg)
     if config_file:
-        if not os.path.isfile(config_file):
-            raise FileNotFoundError(f"Config file {config_file!r} not found: give a path such as "
-                                    "configs/toy/sed_toy.yaml.")
-        cfg.merge_from_file(config_file)
+        check_config_file(config_file)
+        cfg.merge_from_file(config_file, allow_unsafe=False)
     if len(opts) % 2:
         raise ValueError(f"Config overrides must be KEY VALUE pairs; got an odd number: {list(opts)}.")
     cfg.merge_from_list(list(opts))
     return resolve_device(cfg)
+
+
+def check_config_file(config_file: str, _chain: Sequence[str] = ()) -> None:
+    """Fail with one line naming the file when a config or one of its ``_BASE_`` files (one path
+    or a list, relative to the file naming it) is missing, not plain YAML, empty, not a mapping of
+    keys, or inherits from itself (the chain is named)."""
+    real = os.path.realpath(config_file)
+    chain = list(_chain) + [config_file]
+    if real in {os.path.realpath(c) for c in _chain}:
+        raise ValueError(f"Config file {config_file} inherits from itself: _BASE_ chain {' -> '.join(chain)}. "
+                         "Remove the _BASE_ line that closes the loop.")
+    if not os.path.isfile(config_file):
+        named_by = f" (the _BASE_ of {_chain[-1]})" if _chain else ""
+        raise FileNotFoundError(f"Config file {config_file!r}{named_by} not found: give a path such as "
+                                "configs/toy/sed_toy.yaml.")
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(f"Config file {config_file} is not plain YAML ({type(e).__name__}: {first}): configs "
+                         "are KEY: value mappings such as configs/toy/sed_toy.yaml (no Python tags).") from None
+    if data is None:
+        raise ValueError(f"Config file {config_file} is empty: give a config such as configs/toy/sed_toy.yaml, or "
+                         "a file with at least _BASE_: \"<a config>\".")
+    if not isinstance(data, dict):
+        raise ValueError(f"Config file {config_file} holds a YAML {type(data).__name__}, not a mapping of "
+                         "KEY: value (see configs/toy/sed_toy.yaml).")
+    bases = data.get("_BASE_") or []
+    for base in [bases] if isinstance(bases, str) else bases:
+        base = os.path.expanduser(str(base))
+        if not base.startswith(("/", "https://", "http://")):
+            base = os.path.join(os.path.dirname(config_file), base)
+        if "://" not in base:
+            check_config_file(base, chain)
+
+
+def check_solver(cfg: CfgNode, world_size: int = 1) -> None:
+    """Training settings that would fail later with a traceback: SOLVER.IMS_PER_BATCH must be a
+    positive multiple of the number of processes."""
+    batch = cfg.SOLVER.IMS_PER_BATCH
+    if not isinstance(batch, int) or batch < 1 or batch % world_size:
+        raise ValueError(f"SOLVER.IMS_PER_BATCH {batch!r} must be a positive whole number of images per iteration, "
+                         f"a multiple of the number of processes ({world_size}): e.g. SOLVER.IMS_PER_BATCH "
+                         f"{max(world_size, 1) * 2}.")
 
 
 def resolve_device(cfg: CfgNode) -> CfgNode:
@@ -59,7 +104,7 @@ def skip_initial_clip_weights(cfg: CfgNode, weights: str) -> CfgNode:
 
     clip = cfg.MODEL.CLIP
     pretrained = str(clip.PRETRAINED)
-    if not weights or not cfg.MODEL.WEIGHTS_STRICT or pretrained.lower() in NO_WEIGHTS:
+    if is_no_checkpoint(weights) or not cfg.MODEL.WEIGHTS_STRICT or pretrained.lower() in NO_WEIGHTS:
         return cfg
     if os.path.isfile(os.path.expanduser(pretrained)):
         return cfg
@@ -82,14 +127,6 @@ def resumes(cfg: CfgNode, resume: bool) -> bool:
     """Whether ``--resume`` will load OUTPUT_DIR's last checkpoint (there is one) instead of
     MODEL.WEIGHTS."""
     return bool(resume) and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
-
-
-def check_weights_file(weights: str, name: str = "MODEL.WEIGHTS") -> None:
-    """Fail before anything is built when ``weights``, a local checkpoint path, does not exist (an
-    empty value is no checkpoint; URLs are the checkpointer's). ``name`` says where it was given."""
-    if weights and "://" not in weights and not os.path.isfile(weights):
-        raise FileNotFoundError(f"{name} {weights} not found: give the checkpoint of a trained model "
-                                "(e.g. OUTPUT_DIR/model_final.pth of train_net.py).")
 
 
 def check_datasets(cfg: CfgNode, config_file: str = "", verify_train: bool = True) -> None:
@@ -116,12 +153,20 @@ def setup(args) -> CfgNode:
     (output directory, logging, environment info, seeding)."""
     cfg = load_config(args.config_file, args.opts)
     check_datasets(cfg, args.config_file, verify_train=not getattr(args, "eval_only", False))
+    if not getattr(args, "eval_only", False):
+        check_solver(cfg, _world_size())
     if not resumes(cfg, getattr(args, "resume", False)):
         check_weights_file(cfg.MODEL.WEIGHTS)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=_rank(), name="ovss_d2")
     return cfg
+
+
+def _world_size() -> int:
+    from detectron2.utils import comm
+
+    return comm.get_world_size()
 
 
 def _rank() -> int:

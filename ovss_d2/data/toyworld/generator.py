@@ -325,6 +325,43 @@ def is_generated(root: str) -> bool:
     return os.path.isfile(os.path.join(root, "DONE"))
 
 
+class DamagedToyWorldError(OSError):
+    """A ToyWorld folder marked complete (DONE) whose files are missing or empty."""
+
+
+def verify_generated(root: str) -> None:
+    """Check a folder marked DONE before it is trusted: meta.json, and per split of its sizes the
+    annotations (one line per image) and every image and label file they name, none empty.
+    Raises :class:`DamagedToyWorldError` naming what is missing and how to regenerate it."""
+    problems: List[str] = []
+    try:
+        with open(os.path.join(root, "meta.json")) as f:
+            sizes = json.load(f)["sizes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        sizes, problems = {}, ["meta.json (missing or unreadable)"]
+    for split, n in sizes.items():
+        try:
+            records = read_annotations(root, split)
+        except (OSError, ValueError):
+            problems.append(f"{split}/annotations.jsonl (missing or unreadable)")
+            continue
+        if len(records) != n:
+            problems.append(f"{split}/annotations.jsonl ({len(records)} of {n} images)")
+        for sub in ("images", "labels"):
+            folder = os.path.join(root, split, sub)
+            present = {e.name: e for e in os.scandir(folder)} if os.path.isdir(folder) else {}
+            bad = [r[sub[:-1]] for r in records
+                   if os.path.basename(r[sub[:-1]]) not in present
+                   or present[os.path.basename(r[sub[:-1]])].stat().st_size == 0]
+            if bad:
+                problems.append(f"{len(bad)} {split} {sub} ({', '.join(f'{split}/{b}' for b in bad[:3])}"
+                                f"{', ...' if len(bad) > 3 else ''})")
+    if problems:
+        raise DamagedToyWorldError(
+            f"The ToyWorld cache {root} is damaged (marked complete, but missing or empty: {'; '.join(problems)}). "
+            f"Delete the folder (rm -rf {root}); the next run regenerates it.")
+
+
 def _write_split(tmp: str, split: str, n: int, progress: bool) -> None:
     for sub in ("images", "labels"):
         os.makedirs(os.path.join(tmp, split, sub), exist_ok=True)
@@ -352,6 +389,7 @@ def generate(root: Optional[str] = None, sizes: Optional[Dict[str, int]] = None,
     if unknown:
         raise ValueError(f"Unknown ToyWorld splits {sorted(unknown)}; known: {sorted(SPLITS)}")
     if is_generated(root):
+        verify_generated(root)
         return root
     tmp = f"{root}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

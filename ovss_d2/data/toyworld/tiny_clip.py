@@ -491,9 +491,10 @@ def load_tiny_clip(path: str):
     """The open_clip model and tokenizer of a tiny-CLIP checkpoint."""
     import open_clip
 
+    from ...checkpoint import load_checkpoint_file
     from ...modeling.clip import CLIPWrapper
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint_file(path)  # data only: tensors, the model name and the settings
     model = CLIPWrapper(ckpt["name"], "none").model  # registers the tiny models, built without the random-init log
     model.load_state_dict(ckpt["state_dict"])
     return model, open_clip.get_tokenizer(ckpt["name"])

@@ -4,8 +4,7 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Set
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +16,8 @@ from .templates import validate_templates
 logger = logging.getLogger(__name__)
 
 SYNONYM_SEPARATOR = ", "
+CACHE_FORMAT = 2  # a dict with the class names, templates, shape and SHA-256 of the tensor (1: the bare tensor)
+_UNWRITABLE_WARNED: Set[str] = set()  # cache folders already reported unwritable (one warning each)
 
 
 def default_cache_dir() -> str:
@@ -34,7 +35,11 @@ class TextEmbeddingCache:
     """Embeds vocabularies with a CLIP text encoder, once.
 
     The key of a vocabulary is (model name, text-weights fingerprint, templates, class names).
-    A hit in memory or on disk runs no text-encoder forward.
+    A hit in memory or on disk runs no text-encoder forward. A disk file also stores the class
+    names, templates, shape and SHA-256 of its tensor, checked on every read: a damaged or replaced
+    file is recomputed (and rewritten) with a warning, never used. A cache folder that cannot be
+    written (read-only, full disk) turns the disk cache off with one warning; the embeddings are
+    then kept in memory only.
 
     Args:
         clip: a :class:`CLIPWrapper`.
@@ -67,18 +72,64 @@ class TextEmbeddingCache:
         if key in self._memory:
             return self._memory[key]
         path = os.path.join(self.cache_dir, f"{key}.pt") if self.cache_dir else None
-        emb = None
-        if path and os.path.isfile(path):
-            try:
-                emb = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as e:  # noqa: BLE001 - a broken cache file is recomputed
-                logger.warning(f"Ignoring unreadable text-embedding cache file {path}: {e}")
+        emb = self._read(path, class_names, templates) if path and os.path.isfile(path) else None
         if emb is None:
             emb = self.compute(class_names, templates)
             if path:
-                self._save(emb, path)
+                self._save(emb, path, class_names, templates)
         self._memory[key] = emb
         return emb
+
+    @staticmethod
+    def checksum(emb: torch.Tensor) -> str:
+        """SHA-256 of a (N, P, D) float32 CPU tensor's bytes."""
+        return hashlib.sha256(emb.contiguous().numpy().tobytes()).hexdigest()
+
+    def _read(self, path: str, class_names: Sequence[str], templates: Sequence[str]) -> Optional[torch.Tensor]:
+        """The (N, P, D) embeddings of a cache file if it holds exactly what it should (the class
+        names, templates, shape (N, P, D) and checksum), else None after a warning saying why."""
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - a broken cache file is recomputed
+            logger.warning(f"Text-embedding cache file {path} cannot be read ({type(e).__name__}): recomputing it.")
+            return None
+        if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
+            problem = "it is in an older format or not a cache file"
+        elif data.get("classes") != list(class_names):
+            problem = "it holds the embeddings of other class names"
+        elif data.get("templates") != list(templates):
+            problem = "it holds the embeddings of other templates"
+        elif not isinstance(data.get("embeddings"), torch.Tensor) or data["embeddings"].dtype != torch.float32:
+            problem = "it holds no float32 embedding tensor"
+        elif (list(data["embeddings"].shape) != list(data.get("shape", ()))
+              or tuple(data["embeddings"].shape[:2]) != (len(class_names), len(templates))):
+            problem = (f"its tensor has shape {tuple(data['embeddings'].shape)}, not ({len(class_names)}, "
+                       f"{len(templates)}, D)")
+        elif self.checksum(data["embeddings"]) != data.get("sha256"):
+            problem = "its tensor does not match its checksum (the file was changed or damaged)"
+        else:
+            return data["embeddings"]
+        logger.warning(f"Text-embedding cache file {path} is not used: {problem}. Recomputing it.")
+        return None
+
+    def _save(self, emb: torch.Tensor, path: str, class_names: Sequence[str], templates: Sequence[str]) -> None:
+        """Write a cache file (atomically: concurrent ranks never read a half-written one). A folder
+        that cannot be written turns the disk cache off, with one warning per folder."""
+        from ...checkpoint import save_atomically
+
+        data = {"format": CACHE_FORMAT, "classes": list(class_names), "templates": list(templates),
+                "shape": list(emb.shape), "sha256": self.checksum(emb), "embeddings": emb}
+        try:
+            save_atomically(data, path)
+        except (OSError, RuntimeError) as e:  # read-only folder, full disk (torch's writer raises RuntimeError)
+            folder = os.path.dirname(path)
+            if folder not in _UNWRITABLE_WARNED:
+                _UNWRITABLE_WARNED.add(folder)
+                reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+                logger.warning(f"Text-embedding cache folder {folder} cannot be written ({reason}): keeping text "
+                               "embeddings in memory only for this run. Free space there or set OVSS_D2_CACHE "
+                               "to a writable folder to cache them across runs.")
+            self.cache_dir = None
 
     @torch.no_grad()
     def compute(self, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
@@ -114,10 +165,3 @@ class TextEmbeddingCache:
             i += n
         return F.normalize(torch.stack(per_class), dim=-1)
 
-    @staticmethod
-    def _save(emb: torch.Tensor, path: str) -> None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-        os.close(fd)
-        torch.save(emb, tmp)
-        os.replace(tmp, path)  # atomic: concurrent ranks never read a half-written file
