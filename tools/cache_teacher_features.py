@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Precompute ZeroSeg's teacher features (CLIP embeddings of the whole image and of its grid cells)
-for the training dataset, in shards; run it again after an interruption to finish the missing shards.
+for the training dataset, in shards; run it again after an interruption to finish the missing shards,
+or when training names a truncated or damaged shard: only those are computed again.
 
     python tools/cache_teacher_features.py --config-file configs/zeroseg/zeroseg_vitb16_in1k.yaml \\
         [--num-gpus 8] [--dataset NAME] [--shard-size 1024] [--batch-size 64] \\
