@@ -4,7 +4,7 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test quickstart lint clean
+.PHONY: setup test quickstart lint clean gpu-check
 
 setup: $(VENV)/.setup-done
 
@@ -22,6 +22,12 @@ test: setup
 
 quickstart: $(VENV)/.core-done
 	$(VPY) tools/quickstart.py
+
+# on a GPU machine: CUDA tests, golden tests on CUDA, benchmarks (docs/performance.md, "make gpu-check");
+# GPU_CHECK_ARGS: e.g. --quick, --sed-checkout PATH --err-seg-checkout PATH
+GPU_CHECK_ARGS ?=
+gpu-check: $(VENV)/.core-done
+	$(VPY) tools/gpu_check.py $(GPU_CHECK_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

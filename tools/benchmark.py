@@ -27,13 +27,13 @@ CUDA ``max_memory_allocated`` or, on the CPU, the process's peak resident set si
 reset before each setting through ``/proc/self/clear_refs``), and what the forwards added to the
 usage before them; GFLOPs: fvcore (one multiply-add = one flop) on one extra traced
 run; the classes that reach the decoder's last layer (SED's early rejection, ERR-Seg's CRM).
+The warm-up runs' latencies are kept too (``warmup_ms``: what torch.compile's compilation costs).
+``--variant`` names the settings ``make gpu-check`` compares (fp32; bf16 + channels-last; the same +
+torch.compile); every table names the machine, torch, CUDA and the GPU driver (``environment``).
 """
 import argparse
 import json
 import os
-import platform
-import re
-import resource
 import statistics
 import sys
 import time
@@ -41,97 +41,26 @@ from contextlib import contextmanager
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import ovss_d2  # noqa: E402,F401
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+# the timing primitives live where the authors' code (tools/golden/time_authors.py) can import them too
+from benchmark_timing import (TRAIN_LABELS, PeakMemory, environment, latency_row, load_average,  # noqa: E402,F401
+                              machine_description, percentile, sync, training_batch, write_tables)
+
 REJECTION_KNOBS = {"early_rejection_topk": "early rejection k", "crm_test": "CRM N"}
-
-
-# ---- machine, timing, memory --------------------------------------------------------------------
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def percentile(xs, q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        return f"{p.name} ({p.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
-    return f"CPU {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-
-
-def load_average() -> str:
-    try:
-        return "/".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        m = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M)
-    return int(m.group(1)) if m else -1
-
-
-class PeakMemory:
-    """Peak memory of a code region, in bytes. CUDA: ``torch.cuda.max_memory_allocated`` (tensors
-    only). CPU: the process's peak resident set size ``VmHWM``, reset at the start through
-    ``/proc/self/clear_refs`` (Linux >= 4.0); where that is impossible, ``ru_maxrss``, the peak of
-    the whole process lifetime (``method`` says which). ``before``: the usage at the start."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.method = "cuda_max_memory_allocated" if device.type == "cuda" else "vmhwm_reset"
-        if device.type == "cpu":
-            try:
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")
-            except OSError:
-                self.method = "ru_maxrss_lifetime"
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            sync(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.before = torch.cuda.memory_allocated(self.device)
-        else:
-            if self.method == "vmhwm_reset":
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")
-                self.before = _status_kib("VmRSS") * 1024
-            else:
-                self.before = 0
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            sync(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        elif self.method == "vmhwm_reset":  # the kernel updates VmHWM lazily: never below the RSS seen
-            self.peak = max(_status_kib("VmHWM"), _status_kib("VmRSS")) * 1024
-            self.peak = max(self.peak, self.before)
-        else:
-            self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        return False
+# --variant: the inference settings make gpu-check compares (config overrides, before --opts)
+VARIANTS = {
+    "fp32": ["TEST.AMP.ENABLED", "False", "MODEL.CHANNELS_LAST", "False", "MODEL.COMPILE.ENABLED", "False"],
+    "bf16-channels-last": ["TEST.AMP.ENABLED", "True", "TEST.AMP.DTYPE", "bfloat16", "MODEL.CHANNELS_LAST", "True",
+                           "MODEL.COMPILE.ENABLED", "False"],
+    "bf16-channels-last-compile": ["TEST.AMP.ENABLED", "True", "TEST.AMP.DTYPE", "bfloat16", "MODEL.CHANNELS_LAST",
+                                   "True", "MODEL.COMPILE.ENABLED", "True"],
+}
 
 
 # ---- model set-up -------------------------------------------------------------------------------
@@ -243,7 +172,7 @@ def make_batch(image: torch.Tensor, batch: int):
 def time_inference(model, batch_inputs, runs: int, warmup: int, device: torch.device) -> dict:
     """Latencies (s) of ``model(batch_inputs)`` and their encoder / decoder / postprocessing split."""
     stamps = {}
-    total, cpu, enc, dec = [], [], [], []
+    total, cpu, enc, dec, first = [], [], [], [], []
     with torch.no_grad(), stage_hooks(model, stamps, device):
         for i in range(warmup + runs):
             sync(device)
@@ -251,13 +180,15 @@ def time_inference(model, batch_inputs, runs: int, warmup: int, device: torch.de
             model(batch_inputs)
             sync(device)
             t1, c1 = time.perf_counter(), time.process_time()
-            if i >= warmup:
+            if i < warmup:
+                first.append(t1 - t0)  # torch.compile compiles in the first forwards
+            else:
                 total.append(t1 - t0)
                 cpu.append(c1 - c0)
                 if "decoder_start" in stamps:
                     enc.append(stamps["decoder_start"] - t0)
                     dec.append(stamps["decoder_end"] - stamps["decoder_start"])
-    return {"total": total, "cpu": cpu, "encoder": enc, "decoder": dec, "kept": stamps.get("kept")}
+    return {"total": total, "cpu": cpu, "encoder": enc, "decoder": dec, "kept": stamps.get("kept"), "warmup": first}
 
 
 class _Predict(nn.Module):
@@ -312,11 +243,7 @@ def model_input(model, image: torch.Tensor, batch: int) -> torch.Tensor:
 
 def summarise(kind: str, times: dict, batch: int, mem: PeakMemory, extra: dict) -> dict:
     total = times["total"]
-    med = statistics.median(total)
-    row = {"mode": kind, "batch": batch, "runs": len(total), "total_ms_median": 1000 * med,
-           "total_ms_p90": 1000 * percentile(total, 0.9), "images_per_s": batch / med,
-           "peak_mem_gib": mem.peak / 2**30, "mem_before_gib": mem.before / 2**30,
-           "forward_mem_gib": (mem.peak - mem.before) / 2**30, "memory_method": mem.method}
+    row = {"mode": kind, **latency_row(total, batch, mem)}
     if times.get("cpu"):
         row["cpu_s_median"] = statistics.median(times["cpu"])
     if times.get("encoder"):
@@ -324,16 +251,18 @@ def summarise(kind: str, times: dict, batch: int, mem: PeakMemory, extra: dict) 
         row["decoder_ms_median"] = 1000 * statistics.median(times["decoder"])
         row["post_ms_median"] = 1000 * statistics.median(t - e - d for t, e, d in zip(total, times["encoder"],
                                                                                       times["decoder"]))
-    row["times_ms"] = [1000 * t for t in total]
+    if times.get("warmup"):
+        row["warmup_ms"] = [1000 * t for t in times["warmup"]]
     row.update(extra)
     return row
 
 
 # ---- training -----------------------------------------------------------------------------------
 def time_training(cfg, model, image_size, num_classes: int, batch: int, runs: int, warmup: int,
-                  device: torch.device, text: str) -> dict:
+                  device: torch.device, text: str, labels: str = "random") -> dict:
     """Images/s of full training steps (forward, backward, optimizer step; the project's train loop
-    with SOLVER.AMP) on random images and labels over ``num_classes`` classes."""
+    with SOLVER.AMP) on random images and labels over ``num_classes`` classes
+    (``benchmark_timing.training_batch``)."""
     from detectron2.utils.events import EventStorage
 
     from ovss_d2.engine import build_optimizer
@@ -344,10 +273,7 @@ def time_training(cfg, model, image_size, num_classes: int, batch: int, runs: in
     text_trained = any(p.requires_grad for _, p in model.clip.text_named_tensors())
     if text != "encoder" and not text_trained:
         use_fixed_embeddings(model, random_text(model, num_classes))
-    g = torch.Generator().manual_seed(0)
-    h, w = image_size
-    data = [{"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g),
-             "sem_seg": torch.randint(0, num_classes, (h, w), generator=g)} for _ in range(batch)]
+    data = training_batch(batch, *image_size, num_classes, labels)
 
     def loader():
         while True:
@@ -368,13 +294,14 @@ def time_training(cfg, model, image_size, num_classes: int, batch: int, runs: in
                 times.append(time.perf_counter() - t0)
                 cpu.append(time.process_time() - c0)
     extra = {"classes": num_classes, "topk": None, "resolution": list(image_size),
-             "text_encoder_in_step": text_trained}
+             "text_encoder_in_step": text_trained, "train_labels": labels}
     return summarise("train", {"total": times, "cpu": cpu}, batch, mem, extra)
 
 
 # ---- tables -------------------------------------------------------------------------------------
 def markdown(header: str, rows, knob: str) -> str:
-    cols = [("mode", "mode", "{}"), ("resolution", "resolution", "{}"), ("classes", "classes", "{}"),
+    cols = [("mode", "mode", "{}"), ("variant", "variant", "{}"), ("resolution", "resolution", "{}"),
+            ("classes", "classes", "{}"),
             ("topk", knob, "{}"), ("batch", "batch", "{}"), ("total_ms_median", "total ms (median)", "{:.1f}"),
             ("total_ms_p90", "p90", "{:.1f}"), ("cpu_s_median", "CPU s", "{:.1f}"),
             ("encoder_ms_median", "encoder ms", "{:.1f}"),
@@ -435,9 +362,15 @@ def parse_args(argv=None):
     p.add_argument("--flops", action="store_true", help="fvcore GFLOPs (one extra traced run per setting)")
     p.add_argument("--train", action="store_true", help="training throughput instead of inference")
     p.add_argument("--train-classes", type=int, default=171, help="training vocabulary size (COCO-Stuff: 171)")
+    p.add_argument("--train-labels", choices=TRAIN_LABELS, default="random",
+                   help="random: every pixel's class uniform (every class in every image); blocks: a 4 x 4 grid of "
+                        "one class each, as tools/golden/time_authors.py gives the authors' code")
     p.add_argument("--output", default="", help="path prefix for .md and .json")
     p.add_argument("--append", action="store_true", help="add the rows to an existing --output JSON")
     p.add_argument("--title", default="", help="first line of the Markdown table (default: the config)")
+    p.add_argument("--variant", choices=sorted(VARIANTS), default=None,
+                   help="named inference settings (fp32; bf16 autocast + channels-last; the same + torch.compile), "
+                        "applied before --opts")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[])
     return p.parse_args(argv)
 
@@ -449,7 +382,8 @@ def main(argv=None):
     from ovss_d2.engine import OVSSTrainer, load_config
 
     cfg = load_config(args.config_file, ["MODEL.CLIP.PRETRAINED", "none", "DATASETS.TRAIN", "()",
-                                         "DATASETS.TEST", "()", "MODEL.DEVICE", args.device, *args.opts])
+                                         "DATASETS.TEST", "()", "MODEL.DEVICE", args.device,
+                                         *VARIANTS.get(args.variant, []), *args.opts])
     device = torch.device(cfg.MODEL.DEVICE)
     load_start = load_average()
     torch.manual_seed(0)
@@ -462,7 +396,8 @@ def main(argv=None):
     if args.train:
         size = tuple(args.image_size or getattr(model, "clip_resolution", (512, 512)))
         for b in args.batch_sizes:
-            row = time_training(cfg, model, size, args.train_classes, b, args.runs, args.warmup, device, text_mode)
+            row = time_training(cfg, model, size, args.train_classes, b, args.runs, args.warmup, device, text_mode,
+                                args.train_labels)
             row["text"] = text_mode
             rows.append(row)
             print(f"train B={b}: {row['total_ms_median']:.1f} ms/step, {row['images_per_s']:.3g} images/s, "
@@ -518,9 +453,11 @@ def main(argv=None):
               f"{rows[0]['memory_method'] if rows else ''}")
     meta = {"header": header, "config": os.path.relpath(os.path.abspath(args.config_file), REPO),
             "machine": machine_description(device), "torch": torch.__version__, "switches": switches(cfg, args.train),
-            "argv": list(argv or sys.argv[1:])}
+            "environment": environment(device), "argv": list(argv or sys.argv[1:])}
     for r in rows:
         r["switches"] = meta["switches"]
+        if args.variant:
+            r["variant"] = args.variant
     if args.output and args.append and os.path.isfile(args.output + ".json"):
         with open(args.output + ".json") as f:
             old = json.load(f)
@@ -530,11 +467,7 @@ def main(argv=None):
     md = markdown(meta["header"], rows, REJECTION_KNOBS.get(knob, "rejection"))
     print(md)
     if args.output:
-        os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-        with open(args.output + ".md", "w") as f:
-            f.write(md + "\n")
-        with open(args.output + ".json", "w") as f:
-            json.dump({**meta, "rows": rows}, f, indent=1)
+        write_tables(args.output, md, {**meta, "rows": rows})
     return rows
 
 

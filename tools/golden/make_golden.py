@@ -86,7 +86,8 @@ SETTINGS = {
 }
 
 
-def install_shims(checkout: str) -> None:
+def install_shims(checkout: str, device: str = "cpu") -> None:
+    """The shims above; on a GPU (``device`` "cuda", ``time_authors.py``) ``.cuda()`` stays real."""
     sys.path.insert(0, HERE)
     sys.path.insert(0, checkout)
     sys.path.insert(0, os.path.join(checkout, "open_clip", "src"))  # their vendored open_clip
@@ -96,8 +97,9 @@ def install_shims(checkout: str) -> None:
         PIL.Image.LINEAR = PIL.Image.BILINEAR
     import torch
 
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self
-    torch.nn.Module.cuda = lambda self, *args, **kwargs: self
+    if device == "cpu":
+        torch.Tensor.cuda = lambda self, *args, **kwargs: self
+        torch.nn.Module.cuda = lambda self, *args, **kwargs: self
     histc = torch.histc
     torch.histc = lambda x, *args, **kwargs: histc(x if x.is_floating_point() else x.float(), *args, **kwargs)
     import open_clip
@@ -111,9 +113,15 @@ def install_shims(checkout: str) -> None:
     open_clip.create_model_and_transforms = create_without_download
 
 
-def build(checkout: str, add_config, config: str, classes, opts):
-    from detectron2.config import get_cfg
+def build(checkout: str, add_config, config: str, classes, opts, device: str = "cpu"):
     from detectron2.modeling import build_model
+
+    return build_model(load_cfg(checkout, add_config, config, classes, opts, device))
+
+
+def load_cfg(checkout: str, add_config, config: str, classes, opts, device: str = "cpu"):
+    """Their config file with ``classes`` as the training and test vocabulary."""
+    from detectron2.config import get_cfg
     from detectron2.projects.deeplab import add_deeplab_config
 
     vocab = os.path.join(tempfile.mkdtemp(), "classes.json")
@@ -123,9 +131,9 @@ def build(checkout: str, add_config, config: str, classes, opts):
     add_deeplab_config(cfg)
     add_config(cfg)
     cfg.merge_from_file(os.path.join(checkout, config))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON", vocab,
+    cfg.merge_from_list(["MODEL.DEVICE", device, "MODEL.SEM_SEG_HEAD.TRAIN_CLASS_JSON", vocab,
                          "MODEL.SEM_SEG_HEAD.TEST_CLASS_JSON", vocab, *opts])
-    return build_model(cfg)
+    return cfg
 
 
 def load_seeded(model):
