@@ -113,8 +113,20 @@ def add_ovss_config(cfg: CN) -> None:
     cfg.MODEL.ZEROSEG.NUM_GROUP_TOKENS = [32, 8]
     cfg.MODEL.ZEROSEG.PROJECTOR_HIDDEN = 2048
     cfg.MODEL.ZEROSEG.GUMBEL = True
+    # z from its own transformer layer over the final segments (True, ours: a 6th head layer) or, as
+    # GroupViT pools its image embedding and as the supplement counts 5 layers (2 + 2 + 1), from the
+    # average of the last layer's segment tokens (False).
+    cfg.MODEL.ZEROSEG.GLOBAL_LAYER = True
+    # Head initialisation: "groupvit" (GroupViT's: truncated-normal 0.02 linears) or "torch" (PyTorch's defaults).
+    cfg.MODEL.ZEROSEG.HEAD_INIT = "groupvit"
     # Teacher views: the whole image (grid 1) and the cells of the 2x2, 3x3, 4x4 grids.
     cfg.MODEL.ZEROSEG.GRIDS = [1, 2, 3, 4]
+    # Grids whose views are distilled into z ([] = all of GRIDS). Table 4's "Base + segment matching":
+    # [1] (only the whole image into z) while the segments are matched on the cells of the other GRIDS.
+    cfg.MODEL.ZEROSEG.DISTILL_GRIDS = []
+    # L1 of the distillation and matching terms between unit-normalised embeddings: "mean" over the
+    # channels (ours) or "sum" (the L1 distance ||a - b||_1, D times larger; docs/zeroseg.md).
+    cfg.MODEL.ZEROSEG.L1_DISTANCE = "mean"
     # Size the views are resized to for the teacher; 0 = IMAGE_SIZE (the paper: both 224, CLIP-L's input).
     cfg.MODEL.ZEROSEG.TEACHER_VIEW_SIZE = 0
     # Precomputed teacher features (tools/cache_teacher_features.py); "" = computed on the fly.
@@ -141,6 +153,12 @@ def add_ovss_config(cfg: CN) -> None:
     # pixels, the teacher run on the image resized to TEACHER_NAMING_SIZE on its short side (0: as is).
     cfg.MODEL.ZEROSEG.GROUP_NAMING = "segment"
     cfg.MODEL.ZEROSEG.TEACHER_NAMING_SIZE = 0
+    # "whole" (one forward over the test image) or "slide": GroupViT's protocol, windows of
+    # TEST_CROP_SIZE at TEST_STRIDE (paper configs: 448 / 224), each window segmented and named on its
+    # own (top-k rule and background threshold inside the window), scores averaged where they overlap.
+    cfg.MODEL.ZEROSEG.TEST_MODE = "whole"
+    cfg.MODEL.ZEROSEG.TEST_CROP_SIZE = 448
+    cfg.MODEL.ZEROSEG.TEST_STRIDE = 224
     # Unlabeled-image mapper (CenterCropImageMapper): shortest edge resized to this, centre crop.
     cfg.INPUT.CENTER_CROP_SIZE = 224
 
@@ -148,9 +166,15 @@ def add_ovss_config(cfg: CN) -> None:
     cfg.MODEL.VIL_SEG = CN()
     # Online clustering head: C clusters (paper: 25).
     cfg.MODEL.VIL_SEG.NUM_CLUSTERS = 25
-    # Vision contrast: Phi_a = linear to this size + softmax (paper: 2048); temperatures of the global
-    # (target, centred) and local branches and the centre's EMA momentum (DINO's defaults).
+    # Vision contrast: Phi_a = linear to this size + softmax (paper: 2048). VISION_CONTRAST "eq2": the
+    # paper's Eq. 2 (one Phi_a, plain softmax, the global view's distribution as the target, no
+    # gradient through it); "dino": DINO's recipe (not the paper's): EMA teacher of the encoder and
+    # Phi_a (momentum TEACHER_MOMENTUM -> 1, cosine), centring (CENTER_MOMENTUM) and sharpening
+    # (TEACHER_TEMP / STUDENT_TEMP). The three temperatures / momenta below are DINO's defaults and
+    # are used only by "dino".
     cfg.MODEL.VIL_SEG.PROJECTION_DIM = 2048
+    cfg.MODEL.VIL_SEG.VISION_CONTRAST = "eq2"
+    cfg.MODEL.VIL_SEG.TEACHER_MOMENTUM = 0.996
     cfg.MODEL.VIL_SEG.TEACHER_TEMP = 0.04
     cfg.MODEL.VIL_SEG.STUDENT_TEMP = 0.1
     cfg.MODEL.VIL_SEG.CENTER_MOMENTUM = 0.9
@@ -165,13 +189,20 @@ def add_ovss_config(cfg: CN) -> None:
     cfg.MODEL.VIL_SEG.VISION_LOSS_WEIGHT = 1.0
     cfg.MODEL.VIL_SEG.CROSS_LOSS_WEIGHT = 1.0
     cfg.MODEL.VIL_SEG.CLUSTER_LOSS_WEIGHT = 1.0
-    # Let the IIC loss train the image encoder too (False: only the clustering head).
-    cfg.MODEL.VIL_SEG.CLUSTER_GRAD_TO_ENCODER = True
-    # Inference clustering: "head" (online clustering head) or "kmeans" (the paper's offline
-    # ablation: per-image K-means with NUM_CLUSTERS clusters on the normalised pixel embeddings).
+    # Let the IIC loss train the image encoder too. False: Eq. 1 as written (L_cluster optimised
+    # w.r.t. the head Phi_c only); True: the other reading (Sec. 4.3: the head "can learn to improve
+    # the quality of visual embeddings").
+    cfg.MODEL.VIL_SEG.CLUSTER_GRAD_TO_ENCODER = False
+    # Self-training fine-tuning (tools/vil_seg_self_train.py): train on pseudo-labelled segmentation
+    # data (DATASETS.TRAIN, SemSegDatasetMapper) with per-pixel cross-entropy instead of the caption losses.
+    cfg.MODEL.VIL_SEG.SELF_TRAINING = False
+    # Clustering: "head" (online clustering head) or "kmeans" (the paper's offline ablation, Table 2's
+    # 86.19M model: no head is built and no L_cluster trained; per-image K-means with NUM_CLUSTERS
+    # clusters on the normalised pixel embeddings at inference).
     cfg.MODEL.VIL_SEG.CLUSTERING = "head"
     cfg.MODEL.VIL_SEG.KMEANS_ITERS = 30
-    # Training views (INPUT.DATASET_MAPPER_NAME "MultiCropCaptionMapper").
+    # Training views (INPUT.DATASET_MAPPER_NAME "MultiCropCaptionMapper"). Defaults: DINO's crop scales;
+    # the paper configs set SwAV's local scale (0.05, 0.14), the paper's multi-crop reference [3].
     cfg.INPUT.VIL_SEG = CN()
     cfg.INPUT.VIL_SEG.GLOBAL_SIZE = 224
     cfg.INPUT.VIL_SEG.GLOBAL_SCALE = (0.4, 1.0)
@@ -230,6 +261,11 @@ def add_ovss_config(cfg: CN) -> None:
     # Learning-rate factor of every trainable CLIP weight (SED / ERR-Seg: 0.01).
     cfg.SOLVER.CLIP_LR_MULTIPLIER = 0.01
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    # Which parameters skip weight decay: "norm_embed" (norm layers: WEIGHT_DECAY_NORM, embeddings:
+    # WEIGHT_DECAY_EMBED) or "mae" (MAE's and GroupViT's rule: every 1-D tensor and every bias, no decay).
+    cfg.SOLVER.WEIGHT_DECAY_RULE = "norm_embed"
+    # Minimum of WarmupHalfCosineLR (ovss_d2/engine/lr_scheduler.py) as a factor of the base rate (MAE: 0).
+    cfg.SOLVER.HALF_COSINE_MIN_FACTOR = 0.0
     # AMP dtype: "float16" (CUDA, with a gradient scaler) or "bfloat16" (CUDA or CPU).
     cfg.SOLVER.AMP.DTYPE = "float16"
     # Adam / AdamW betas (ZeroSeg: 0.9, 0.95).

@@ -203,9 +203,10 @@ def test_teacher_cache_resumes_to_identical_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="cache_teacher_features.py"):
         TeacherFeatureCache(resumed)
     assert build_teacher_cache(cfg, resumed, "zs_test_folder", shard_size=3, batch_size=2, progress=False)
-    names = sorted(os.listdir(full))
-    assert names == ["index.json", "shard_00000.npy", "shard_00001.npy", "shard_00002.npy"]
-    assert sorted(os.listdir(resumed)) == names
+    assert sorted(os.listdir(full)) == ["files", "index.json", "name_lookup", "shard_00000.npy", "shard_00001.npy",
+                                        "shard_00002.npy"]
+    names = sorted(os.path.relpath(os.path.join(d, f), full) for d, _, fs in os.walk(full) for f in fs)
+    assert sorted(os.path.relpath(os.path.join(d, f), resumed) for d, _, fs in os.walk(resumed) for f in fs) == names
     assert all(filecmp.cmp(os.path.join(full, n), os.path.join(resumed, n), shallow=False) for n in names)
 
     cache = TeacherFeatureCache.for_config(cfg, full)

@@ -13,7 +13,8 @@
 3. one table (``table.md``, ``table.csv``, ``table.json`` in the output folder): mIoU, seen and
    unseen mIoU, their harmonic mean hIoU and pixel accuracy on ``toyworld_val`` (the training
    vocabulary + held-out pairs) and ``toyworld_wide_val`` (a larger vocabulary), with the
-   training time of each method on this machine.
+   training time of each method on this machine; for the ZeroSeg rows also ``toyworld_objects_val``
+   evaluated on the whole image and with sliding windows (``SLIDE_WINDOWS``).
 """
 import argparse
 import csv
@@ -44,6 +45,14 @@ METHODS: Dict[str, tuple] = {
 # <output-dir>/<method>/teacher.
 CACHED_TEACHER = ("zeroseg_fine",)
 EVAL_SETS = ("toyworld_val", "toyworld_wide_val")
+# ZeroSeg on toyworld_objects_val with sliding windows (MODEL.ZEROSEG.TEST_MODE slide), besides the
+# whole image: name -> (window, stride, what it is). GroupViT's protocol (448 windows at stride 224 for a
+# model trained on 224 crops, images at 448 on the short side) scaled to the toy's 64 px crops is 128 /
+# 64 on scenes tested at 128: one window per square scene. The training crop's own size is the second.
+SLIDE_WINDOWS = {"slide_128": (128, 64, "GroupViT's protocol scaled: windows of 2x the 64 px crop, stride 64"),
+                 "slide_64": (64, 32, "windows of the 64 px training crop, stride 32")}
+SLIDE_METHODS = ("zeroseg", "zeroseg_fine")
+OBJECTS_SET = "toyworld_objects_val"
 METRICS = ("mIoU", "mIoU-seen", "mIoU-unseen", "hIoU", "pACC")
 
 
@@ -90,6 +99,21 @@ def build_teacher_cache(config: str, opts: List[str], log_path: str) -> float:
         if subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
             sys.exit(f"cache_teacher_features.py failed; see {log_path}")
     return time.time() - start
+
+
+def objects_val_windows(config: str, out: str, force: bool) -> Dict[str, Dict]:
+    """A trained ZeroSeg run (``out``) on toyworld_objects_val: the whole image (its training run's own
+    evaluation) and each of ``SLIDE_WINDOWS`` (``--eval-only`` into ``out/<name>``)."""
+    found = {"whole": {"what": "whole image", **read_metrics(out, OBJECTS_SET)}}
+    for name, (window, stride, what) in SLIDE_WINDOWS.items():
+        sub = os.path.join(out, name)
+        if force or not os.path.isfile(os.path.join(sub, "inference", OBJECTS_SET, "sem_seg_evaluation.json")):
+            run_train_net(config, sub, False, os.path.join(sub, "eval.log"), opts=[
+                "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), "DATASETS.TEST", f"('{OBJECTS_SET}',)",
+                "MODEL.ZEROSEG.TEST_MODE", "slide", "MODEL.ZEROSEG.TEST_CROP_SIZE", str(window),
+                "MODEL.ZEROSEG.TEST_STRIDE", str(stride)])
+        found[name] = {"what": what, "window": window, "stride": stride, **read_metrics(sub, OBJECTS_SET)}
+    return found
 
 
 def read_metrics(output_dir: str, dataset: str) -> Dict[str, float]:
@@ -178,11 +202,17 @@ def main(argv=None):
         results[key] = {"name": name, "config": config, "trained": train, "seconds": seconds,
                         **{d: {k: metrics[d].get(k) for k in METRICS} for d in EVAL_SETS}}
         rows.append(format_row(f"{name}", metrics))
+        if key in SLIDE_METHODS:
+            results[key]["objects_val"] = objects_val_windows(config, out, args.force)
+    slide_lines = [f"{results[k]['name']} on {OBJECTS_SET} (mIoU / pACC): " + "; ".join(
+        f"{v['what']} {v['mIoU']:.1f} / {v['pACC']:.1f}" for v in results[k]["objects_val"].values())
+        for k in keys if "objects_val" in results[k]]
     lines = ["Tiny CLIP zero-shot accuracy (prompt \"a photo of a {}.\", all classes of the set):"]
     lines += clip_lines(report) + [""] + table_header() + rows + [""]
     lines.append("Training time on this machine: " + ", ".join(
         f"{results[k]['name']} {results[k]['seconds'] / 60:.1f} min" for k in keys if results[k]["trained"])
         + f"; tiny CLIP {clip_seconds / 60:.1f} min (0 when cached).")
+    lines += ([""] + slide_lines) if slide_lines else []
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "table.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

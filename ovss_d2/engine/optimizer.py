@@ -1,5 +1,6 @@
 """Optimizer with parameter groups: CLIP weights get SOLVER.CLIP_LR_MULTIPLIER x the base
-learning rate; norms and embeddings get their own weight decay; frozen weights are left out."""
+learning rate; norms and embeddings get their own weight decay (``SOLVER.WEIGHT_DECAY_RULE``
+"norm_embed"), or every 1-D tensor and bias none ("mae"); frozen weights are left out."""
 import itertools
 import logging
 from typing import Dict, List
@@ -20,6 +21,16 @@ EMBEDDING_NAMES = ("positional_embedding", "class_embedding", "pos_embed", "cls_
                    "relative_position_bias_table", "absolute_pos_embed")
 
 
+WEIGHT_DECAY_RULES = ("norm_embed", "mae")
+
+
+def exempt_from_decay(name: str, param: torch.Tensor) -> bool:
+    """MAE's and GroupViT's rule (their optimizers' parameter groups): every 1-D tensor (norm
+    weights and biases, ...) and every bias is exempt; every other tensor decays, position
+    embeddings and mask / group tokens included."""
+    return param.ndim <= 1 or name == "bias" or name.endswith(".bias")
+
+
 def clip_parameter_ids(model: nn.Module) -> set:
     return {id(p) for m in model.modules() if isinstance(m, CLIPWrapper) for p in m.parameters()}
 
@@ -27,6 +38,9 @@ def clip_parameter_ids(model: nn.Module) -> set:
 def build_param_groups(cfg, model: nn.Module) -> List[Dict]:
     """One group per distinct (learning rate, weight decay), each with a ``name`` for the logs."""
     base_lr = cfg.SOLVER.BASE_LR
+    rule = cfg.SOLVER.WEIGHT_DECAY_RULE
+    if rule not in WEIGHT_DECAY_RULES:
+        raise ValueError(f"SOLVER.WEIGHT_DECAY_RULE {rule!r} is not one of {WEIGHT_DECAY_RULES}.")
     clip_ids = clip_parameter_ids(model)
     groups: Dict[tuple, Dict] = {}
     seen = set()
@@ -37,7 +51,9 @@ def build_param_groups(cfg, model: nn.Module) -> List[Dict]:
             seen.add(id(p))
             is_clip = id(p) in clip_ids
             lr = base_lr * (cfg.SOLVER.CLIP_LR_MULTIPLIER if is_clip else 1.0)
-            if isinstance(module, NORM_TYPES):
+            if rule == "mae":
+                wd, kind = (0.0, "no_decay") if exempt_from_decay(pname, p) else (cfg.SOLVER.WEIGHT_DECAY, "decay")
+            elif isinstance(module, NORM_TYPES):
                 wd, kind = cfg.SOLVER.WEIGHT_DECAY_NORM, "norm"
             elif isinstance(module, nn.Embedding) or pname in EMBEDDING_NAMES:
                 wd, kind = cfg.SOLVER.WEIGHT_DECAY_EMBED, "embed"

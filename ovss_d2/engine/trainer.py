@@ -15,7 +15,9 @@ from torch.nn.parallel import DistributedDataParallel
 from ..checkpoint import OVSSCheckpointer
 from ..data import SemSegDatasetMapper, build_test_loader, build_train_loader, build_train_mapper
 from ..evaluation import OpenVocabSemSegEvaluator
+from .lr_scheduler import build_lr_scheduler
 from .optimizer import build_optimizer
+from .resume import apply_current_settings, solver_settings, warn_about_changes
 from .setup import resumes, skip_initial_clip_weights
 from .train_loop import OVSSTrainLoop
 
@@ -70,6 +72,10 @@ class OVSSTrainer(DefaultTrainer):
         return build_optimizer(cfg, model)
 
     @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)  # ours (lr_scheduler.py) or detectron2's
+
+    @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0):
         return build_train_loader(cfg, build_train_mapper(cfg), start_iter=start_iter)
 
@@ -106,12 +112,22 @@ class OVSSTrainer(DefaultTrainer):
     def evaluate(cls, cfg, resume: bool = False):
         """``--eval-only``: build the model, load MODEL.WEIGHTS (or OUTPUT_DIR's last checkpoint with
         ``resume``), give every process the same weights and evaluate on DATASETS.TEST. A checkpoint
-        holds the whole model, so the initial CLIP weights (MODEL.CLIP.PRETRAINED) are not needed."""
+        holds the whole model, so the initial CLIP weights (MODEL.CLIP.PRETRAINED) are not needed.
+
+        A model with trainable parts and no checkpoint (MODEL.WEIGHTS empty, no ``resume``) is
+        refused: it would evaluate randomly initialised layers. ``MODEL.WEIGHTS none`` evaluates
+        the initial model on purpose; a training-free model needs no weights."""
         weights = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint") if resumes(cfg, resume) else cfg.MODEL.WEIGHTS
         build_cfg = cfg.clone()
         build_cfg.defrost()
         skip_initial_clip_weights(build_cfg, weights).freeze()
         model = cls.build_model(build_cfg)
+        if not weights and any(p.requires_grad for p in model.parameters()):
+            raise ValueError(
+                f"--eval-only without MODEL.WEIGHTS: this {cfg.MODEL.META_ARCHITECTURE} model has trainable parts, "
+                "which would be evaluated at their random initialisation. Give the trained checkpoint "
+                "(MODEL.WEIGHTS OUTPUT_DIR/model_final.pth), --resume to use OUTPUT_DIR's last checkpoint, or "
+                "MODEL.WEIGHTS none to evaluate the untrained model on purpose.")
         OVSSCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict=cfg.MODEL.WEIGHTS_STRICT).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=resume)
         return cls.test(cfg, create_ddp_model(model))
@@ -125,8 +141,15 @@ class OVSSTrainer(DefaultTrainer):
     def state_dict(self):
         ret = super().state_dict()
         ret["_trainer"] = self._trainer.state_dict()
+        ret["config"] = self.cfg.dump()  # a resume with another config names the keys that changed
         return ret
 
     def load_state_dict(self, state_dict):
+        """Restore the progress of a checkpoint; the current config's solver settings stay in force
+        (a warning names the keys that differ from the checkpoint's config: engine/resume.py)."""
+        current = solver_settings(self._trainer.optimizer, self.scheduler)
         super().load_state_dict(state_dict)
         self._trainer.load_state_dict(state_dict["_trainer"])
+        differed = apply_current_settings(self._trainer.optimizer, self.scheduler, current)
+        if comm.is_main_process():
+            warn_about_changes(state_dict.get("config"), self.cfg, differed, getattr(self.checkpointer, "_path", ""))

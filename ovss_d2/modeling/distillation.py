@@ -99,7 +99,8 @@ def one_to_one_matching_loss(segments: torch.Tensor, local_features: torch.Tenso
     total = dist.new_zeros(())
     for b in range(dist.shape[0]):
         rows, cols = linear_sum_assignment(cost[b])
-        total = total + dist[b, torch.as_tensor(rows), torch.as_tensor(cols)].sum()
+        rows, cols = torch.as_tensor(rows, device=dist.device), torch.as_tensor(cols, device=dist.device)
+        total = total + dist[b, rows, cols].sum()
     return total / dist.shape[0]
 
 

@@ -1,6 +1,9 @@
 """MAE-style ViT: an encoder that sees a random subset of the patches and a light decoder that
 reconstructs the rest (ZeroSeg's backbone). Fixed 2-D sine-cosine position embeddings, resized
-bicubically for other patch grids (inference at any size)."""
+bicubically for other patch grids (inference at any size). Initialised as MAE's
+(facebookresearch/mae ``models_mae.py``): linear weights xavier-uniform with zero biases, the patch
+embedding's kernel xavier-uniform as a (dim, 3 * patch * patch) matrix, LayerNorms 1 / 0, the mask
+token normal (std 0.02)."""
 from typing import Dict, Sequence, Tuple
 
 import numpy as np
@@ -56,6 +59,18 @@ def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
+def mae_init(module: nn.Module) -> None:
+    """MAE's ``_init_weights`` (for ``Module.apply``): xavier-uniform linear weights, zero biases,
+    LayerNorm weight 1 and bias 0."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
 class MaskedViTEncoder(nn.Module):
     """ViT over the kept patches of the image.
 
@@ -71,6 +86,8 @@ class MaskedViTEncoder(nn.Module):
         self.register_buffer("pos_embed", sincos_position_embedding(dim, self.base_grid), persistent=False)
         self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
+        self.apply(mae_init)
+        nn.init.xavier_uniform_(self.patch_embed.weight.view(dim, -1))
 
     def forward(self, images: torch.Tensor, mask_ratio: float = 0.0) -> Dict:
         x = self.patch_embed(images)
@@ -103,6 +120,7 @@ class MAEDecoder(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.pred = nn.Linear(dim, patch_size * patch_size * 3)
+        self.apply(mae_init)
         nn.init.normal_(self.mask_token, std=0.02)
 
     def forward(self, tokens: torch.Tensor, keep: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:

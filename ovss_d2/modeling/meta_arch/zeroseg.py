@@ -9,7 +9,9 @@ segment matching (paper: each segment to its nearest grid cell; ``MATCHING`` and
 ``REVERSE_MATCHING_WEIGHT`` switch to the variants that are not in the paper) and the
 reconstruction MSE.
 
-Inference: every patch visible, each pixel belongs to one final group, a group's class scores are
+Inference (``TEST_MODE``: the whole image, or GroupViT's sliding windows, each window segmented
+and named on its own and the scores averaged): every patch visible, each pixel belongs to one
+final group, a group's class scores are
 softmax(scale * cosine(segment, text)), with GroupViT's two rules as switches (the image's top-k
 classes, ``TEST_TOPK_CLASSES``; the background threshold capped by the best group probability,
 ``BACKGROUND_CAP``); a ``background`` class in the vocabulary takes the pixels whose best score is
@@ -31,11 +33,14 @@ from ..distillation import (coverage_matching_loss, local_view_mask, multiscale_
                             teacher_view_features, token_cell_overlap)
 from ..grouping import assignment_to_pixels, compose_assignments
 from ..heads import GroupingSegmentationHead
+from ..sliding_window import sliding_window_scores
 from .base import OpenVocabSegmentor
 
 BACKGROUND = "background"
 MATCHING_MODES = ("nearest", "one_to_one", "coverage")
 NAMING_MODES = ("segment", "teacher")
+L1_DISTANCES = ("mean", "sum")
+TEST_MODES = ("whole", "slide")
 
 
 def is_background(name: str) -> bool:
@@ -52,7 +57,8 @@ class ZeroSeg(OpenVocabSegmentor):
                  loss_weights: Dict[str, float] = None, matching: str = "nearest", teacher_view_size: int = 0,
                  logit_scale: float = 100.0, test_topk_classes: int = 5, background_threshold: float = 0.95,
                  background_cap: bool = True, group_naming: str = "segment", teacher_naming_size: int = 0,
-                 **kwargs):
+                 distill_grids=(), l1_distance: str = "mean", test_mode: str = "whole", test_crop_size: int = 448,
+                 test_stride: int = 224, **kwargs):
         super().__init__(**kwargs)
         self.clip.set_trainable(image=False, text=False)  # the teacher and the text encoder stay frozen
         self.encoder, self.decoder, self.head = encoder, decoder, head
@@ -63,6 +69,17 @@ class ZeroSeg(OpenVocabSegmentor):
         if matching not in MATCHING_MODES:
             raise ValueError(f"MODEL.ZEROSEG.MATCHING {matching!r} is not one of {MATCHING_MODES}.")
         self.register_buffer("local_views", local_view_mask(self.grids), persistent=False)
+        self.distill_grids = list(distill_grids) or self.grids
+        if not set(self.distill_grids) <= set(self.grids):
+            raise ValueError(f"MODEL.ZEROSEG.DISTILL_GRIDS {self.distill_grids} must be among GRIDS {self.grids}.")
+        self.register_buffer("distill_views", torch.tensor([g in self.distill_grids for g in self.grids
+                                                            for _ in range(g * g)]), persistent=False)
+        if l1_distance not in L1_DISTANCES:
+            raise ValueError(f"MODEL.ZEROSEG.L1_DISTANCE {l1_distance!r} is not one of {L1_DISTANCES}.")
+        if test_mode not in TEST_MODES:
+            raise ValueError(f"MODEL.ZEROSEG.TEST_MODE {test_mode!r} is not one of {TEST_MODES}.")
+        self.l1_distance, self.test_mode = l1_distance, test_mode
+        self.test_crop_size, self.test_stride = test_crop_size, test_stride
         self.norm_pix_loss, self.matching = norm_pix_loss, matching
         self.loss_weights = {"distill": 1.0, "matching": 1.0, "reverse_matching": 0.0, "reconstruction": 1.0,
                              **(loss_weights or {})}
@@ -82,7 +99,7 @@ class ZeroSeg(OpenVocabSegmentor):
                                z.IMAGE_SIZE),
             head=GroupingSegmentationHead(z.ENCODER_DIM, z.HEAD_DIM, z.HEAD_HEADS, z.HEAD_DEPTHS, z.NUM_GROUP_TOKENS,
                                           kwargs["clip"].embed_dim, projector_hidden=z.PROJECTOR_HIDDEN,
-                                          gumbel=z.GUMBEL),
+                                          gumbel=z.GUMBEL, global_layer=z.GLOBAL_LAYER, init=z.HEAD_INIT),
             image_size=z.IMAGE_SIZE, mask_ratio=z.MASK_RATIO, grids=z.GRIDS, norm_pix_loss=z.NORM_PIX_LOSS,
             loss_weights={"distill": z.DISTILL_WEIGHT, "matching": z.MATCHING_WEIGHT,
                           "reverse_matching": z.REVERSE_MATCHING_WEIGHT, "reconstruction": z.RECONSTRUCTION_WEIGHT},
@@ -90,6 +107,8 @@ class ZeroSeg(OpenVocabSegmentor):
             logit_scale=z.LOGIT_SCALE, test_topk_classes=z.TEST_TOPK_CLASSES,
             background_threshold=z.BACKGROUND_THRESHOLD, background_cap=z.BACKGROUND_CAP,
             group_naming=z.GROUP_NAMING, teacher_naming_size=z.TEACHER_NAMING_SIZE,
+            distill_grids=z.DISTILL_GRIDS, l1_distance=z.L1_DISTANCE, test_mode=z.TEST_MODE,
+            test_crop_size=z.TEST_CROP_SIZE, test_stride=z.TEST_STRIDE,
         )
         return kwargs
 
@@ -119,20 +138,26 @@ class ZeroSeg(OpenVocabSegmentor):
         return self.distillation_losses(images, teacher)
 
     def distillation_losses(self, images: torch.Tensor, teacher: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Losses for normalised images (B, 3, S, S) and their teacher view features (B, V, D)."""
+        """Losses for normalised images (B, 3, S, S) and their teacher view features (B, V, D): the
+        views of DISTILL_GRIDS into z; the segments matched on the grid cells (no matching term when
+        GRIDS has no grid but 1: nothing to match, Table 3's 1x1 row = Table 4's "Base"); the
+        L1 terms x D with ``L1_DISTANCE`` "sum" (the distances are per-channel means)."""
         enc = self.encoder(images, self.mask_ratio)
         out = self.head(enc["tokens"])
         recon = self.decoder(enc["tokens"], enc["keep"], enc["grid"])
         w = self.loss_weights
+        l1 = teacher.shape[-1] if self.l1_distance == "sum" else 1.0
         losses = {
-            "loss_distill": w["distill"] * multiscale_distillation_loss(out["global"], teacher),
-            "loss_matching": w["matching"] * self.segment_matching(out, teacher, enc),
+            "loss_distill": w["distill"] * l1 * multiscale_distillation_loss(out["global"],
+                                                                          teacher[:, self.distill_views]),
             "loss_reconstruction": w["reconstruction"] * masked_patch_mse(
                 recon, images, enc["keep"], self.patch_size, self.norm_pix_loss),
         }
-        if w["reverse_matching"]:
-            losses["loss_reverse_matching"] = w["reverse_matching"] * reverse_matching_loss(
-                out["segments"], teacher[:, self.local_views])
+        if bool(self.local_views.any()):
+            losses["loss_matching"] = w["matching"] * l1 * self.segment_matching(out, teacher, enc)
+            if w["reverse_matching"]:
+                losses["loss_reverse_matching"] = w["reverse_matching"] * l1 * reverse_matching_loss(
+                    out["segments"], teacher[:, self.local_views])
         return losses
 
     def segment_matching(self, head_out: Dict, teacher: torch.Tensor, enc: Optional[Dict] = None) -> torch.Tensor:
@@ -163,7 +188,11 @@ class ZeroSeg(OpenVocabSegmentor):
         """:meth:`segment` of one detectron2 input dict (``image`` (3, H, W) uint8): normalised and
         padded to the patch size; ``groups`` is cropped back to (H, W), ``padded_groups`` keeps
         the padded (Hp, Wp) map and ``naming`` (G, D) the embeddings that name the groups (``GROUP_NAMING``)."""
-        image = ImageList.from_tensors([(x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std],
+        return self.segment_image(x["image"])
+
+    def segment_image(self, image: torch.Tensor) -> Dict:
+        """:meth:`segment_input` of an image (3, H, W) uint8 (or float in 0..255)."""
+        image = ImageList.from_tensors([(image.to(self.device).float() - self.pixel_mean) / self.pixel_std],
                                        self.patch_size)
         seg = self.segment(image.tensor[0])
         seg["naming"] = seg["segments"]
@@ -208,18 +237,36 @@ class ZeroSeg(OpenVocabSegmentor):
         if not foreground:
             raise ValueError(f"The vocabulary {names} has no class besides {BACKGROUND!r}.")
         text = self.class_embeddings([names[i] for i in foreground]).mean(dim=1)  # (N_fg, D) over templates
+
+        def predict(image: torch.Tensor) -> torch.Tensor:  # (3, h, w) -> (N, h, w)
+            return self.image_scores(image, text, foreground, background[:1], len(names))
+
         results = []
         for x in batched_inputs:
-            seg = self.segment_input(x)
-            probs = self.group_class_scores(seg["naming"], seg["global"], text)  # (G, N_fg)
-            pixel = probs[seg["padded_groups"]].permute(2, 0, 1)  # (N_fg, Hp, Wp)
-            scores = pixel.new_zeros(len(names), *pixel.shape[-2:])
-            scores[foreground] = pixel
-            if background:
-                threshold = float(self.background_threshold)
-                if self.background_cap:  # GroupViT: never more than the image's best group probability
-                    threshold = min(threshold, float(probs.max()))
-                scores[background[0]] = (pixel.max(dim=0).values < threshold).to(scores.dtype)
-            height, width = x.get("height", seg["image_size"][0]), x.get("width", seg["image_size"][1])
-            results.append({"sem_seg": sem_seg_postprocess(scores, seg["image_size"], height, width)})
+            image = x["image"].to(self.device)
+            if self.test_mode == "slide":
+                scores = sliding_window_scores(image, self.test_crop_size, self.test_stride, predict)
+            else:
+                scores = predict(image)
+            size = tuple(image.shape[-2:])
+            height, width = x.get("height", size[0]), x.get("width", size[1])
+            results.append({"sem_seg": sem_seg_postprocess(scores, size, height, width)})
         return results
+
+    def image_scores(self, image: torch.Tensor, text: torch.Tensor, foreground: List[int], background: List[int],
+                     num_classes: int) -> torch.Tensor:
+        """(N, H, W) scores of an image (3, H, W) uint8, segmented and named on its own: the
+        probabilities of its group (``foreground`` classes, ``text`` (N_fg, D)); the ``background``
+        class (at most one index) 1 where the best of them is below the threshold, else 0."""
+        seg = self.segment_image(image)
+        probs = self.group_class_scores(seg["naming"], seg["global"], text)  # (G, N_fg)
+        h, w = seg["image_size"]
+        pixel = probs[seg["groups"]].permute(2, 0, 1)  # (N_fg, H, W)
+        scores = pixel.new_zeros(num_classes, h, w)
+        scores[foreground] = pixel
+        if background:
+            threshold = float(self.background_threshold)
+            if self.background_cap:  # GroupViT: never more than the image's best group probability
+                threshold = min(threshold, float(probs.max()))
+            scores[background[0]] = (pixel.max(dim=0).values < threshold).to(scores.dtype)
+        return scores
