@@ -24,6 +24,7 @@ from PIL import Image
 from .checkpoint import OVSSCheckpointer
 from .data.io import as_rgb_image
 from .modeling.clip import resolve_templates
+from .modeling.sliding_window import sliding_window_scores
 from .utils.visualize import class_fractions
 from .utils.vocabulary import check_vocabulary, deduplicate
 
@@ -154,22 +155,11 @@ class Predictor:
         return scores if self._positions is None else [s[self._positions] for s in scores]
 
     def _slide(self, image: torch.Tensor) -> torch.Tensor:
-        h, w = image.shape[-2:]
-        win = min(self.window, h, w)
-        stride = max(1, math.ceil(win * 2 / 3))
-        ys = list(range(0, max(h - win, 0) + 1, stride))
-        xs = list(range(0, max(w - win, 0) + 1, stride))
-        ys[-1], xs[-1] = h - win, w - win
-        acc = count = None
-        for y in ys:
-            for x in xs:
-                s = self._run([image[:, y:y + win, x:x + win]])[0]
-                if acc is None:
-                    acc = torch.zeros(s.shape[0], h, w)
-                    count = torch.zeros(1, h, w)
-                acc[:, y:y + win, x:x + win] += s
-                count[:, y:y + win, x:x + win] += 1
-        return (acc / count + self._run([image])[0]) / 2
+        """(3, H, W) -> (N, H, W): the mean of the windows' scores (square windows of ``window``
+        pixels, two thirds of a window apart) and the whole image's scores."""
+        win = min(self.window, *image.shape[-2:])
+        windows = sliding_window_scores(image, win, max(1, math.ceil(win * 2 / 3)), lambda w: self._run([w])[0])
+        return (windows + self._run([image])[0]) / 2
 
     def predict_batch(self, images: Sequence[ImageLike],
                       vocabulary: Optional[Sequence[str]] = None) -> List[Prediction]:

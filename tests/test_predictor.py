@@ -194,3 +194,22 @@ def test_other_argument_mistakes_name_the_fix(trained):
         fresh.predict(_rgb(20, 20, 0))
     with pytest.raises(TypeError, match=r"predict_batch\(\) takes a list of images; use predict\(\) for one image"):
         fresh.predict_batch(_rgb(20, 20, 0), VOCAB)
+
+
+def test_slide_mode_averages_its_windows_with_the_whole_image(predictor, monkeypatch):
+    """Slide mode, hand-computed: with window 32 on a 48 x 80 image, windows start every
+    ceil(32 * 2 / 3) = 22 px (rows 0, 16; columns 0, 22, 44, 48). A stand-in model scores every pixel
+    of its input with the input's width, so a pixel's score is the mean over its windows (32) averaged
+    with the whole image's (80): (32 + 80) / 2 everywhere; and the number of model calls is the
+    2 x 4 windows plus the whole image."""
+    calls = []
+
+    def run(tensors):
+        calls.append(tuple(tensors[0].shape[-2:]))
+        return [torch.full((2, *t.shape[-2:]), float(t.shape[-1])) for t in tensors]
+
+    monkeypatch.setattr(predictor, "_run", run)
+    monkeypatch.setattr(predictor, "window", 32)
+    scores = predictor._slide(torch.zeros(3, 48, 80))
+    assert scores.shape == (2, 48, 80) and torch.all(scores == (32 + 80) / 2)
+    assert sorted(calls) == sorted([(32, 32)] * 8 + [(48, 80)])

@@ -73,11 +73,18 @@ class _Crash(HookBase):
             raise KeyboardInterrupt("simulated kill")
 
 
-def test_resume_continues_exactly(data_root, tmp_path):
+# detectron2's default schedule, and MAE's (ZeroSeg's) registered by ovss_d2.engine.lr_scheduler
+SCHEDULES = {"detectron2": (), "half-cosine": ("SOLVER.LR_SCHEDULER_NAME", "WarmupHalfCosineLR",
+                                               "SOLVER.WARMUP_ITERS", "2")}
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_resume_continues_exactly(schedule, data_root, tmp_path):
     full, parts = str(tmp_path / "full"), str(tmp_path / "parts")
-    train_worker(data_root, train_args(full, iters=6))
+    extra = SCHEDULES[schedule]
+    train_worker(data_root, train_args(full, iters=6, extra=extra))
     # the interrupted run: same config, killed after iteration 3 (checkpoint period 3)
-    cfg = tiny_cfg(parts, iters=6)
+    cfg = tiny_cfg(parts, iters=6, extra=extra)
     seed_all_rng(cfg.SEED)  # as train_net's default_setup does before building the model
     trainer = OVSSTrainer(cfg)
     trainer.register_hooks([_Crash(at=2)])
@@ -85,7 +92,7 @@ def test_resume_continues_exactly(data_root, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
     assert os.path.isfile(os.path.join(parts, "model_0000002.pth"))
-    train_worker(data_root, train_args(parts, iters=6, resume=True))
+    train_worker(data_root, train_args(parts, iters=6, resume=True, extra=extra))
     a = _weights(os.path.join(full, "model_final.pth"))
     b = _weights(os.path.join(parts, "model_final.pth"))
     assert a["iteration"] == b["iteration"] == 5
@@ -96,6 +103,7 @@ def test_resume_continues_exactly(data_root, tmp_path):
     for k in opt_a["state"]:
         assert torch.allclose(opt_a["state"][k]["exp_avg_sq"], opt_b["state"][k]["exp_avg_sq"], atol=1e-9)
     assert a["trainer"]["hooks"]["LRScheduler"] == b["trainer"]["hooks"]["LRScheduler"]
+    assert a["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == 6  # saved, so a resume continues it
 
 
 def test_two_cpu_processes_equal_one(data_root, tmp_path):
