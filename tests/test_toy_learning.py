@@ -46,8 +46,9 @@ ZEROSEG_LOSS_RATIO = 0.68
 # (docs/zeroseg.md); a run short enough to end there cannot tell them apart. Measured at 200
 # (used-segment cosine, groups told apart per image), with issue 25's MAE schedule and
 # initialisation: coverage 0.38, 1.93; nearest 0.984, 1.03 (two threads); before them coverage
-# 0.52, 1.83, nearest 0.9996, 1.00, coverage with seeds 1-4 0.51-0.78, 1.30-2.00 (one thread). Required: the issue's cosine target
-# and, on average, at least 1.2 groups told apart per image (a collapsed model has exactly 1).
+# 0.52, 1.83, nearest 0.9996, 1.00, coverage with seeds 1-4 0.51-0.78, 1.30-2.00 (one thread).
+# Required: the issue's cosine target and, on average, at least 1.2 groups told apart per image (a
+# collapsed model has exactly 1).
 ZEROSEG_STATS_IMAGES = 30
 ZEROSEG_DIVERSE = {"used_segment_cosine": 0.9, "distinct_groups": 1.2}
 SEG_METHODS = [m for m, case in CASES.items() if case[4] is not None]
