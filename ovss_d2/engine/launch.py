@@ -61,5 +61,8 @@ def _cpu_worker(local_rank, main_func, world_size, num_per_machine, machine_rank
     comm.synchronize()
     try:
         main_func(*args)
+        # every rank done before any tears gloo down: a rank whose peer closed its connections
+        # mid-teardown can abort ("terminate called without an active exception"), seen under load
+        comm.synchronize()
     finally:
         dist.destroy_process_group()
