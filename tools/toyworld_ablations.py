@@ -51,7 +51,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
-from toyworld_table import SLIDE_WINDOWS, print_command, read_metrics, run_train_net  # noqa: E402
+from toyworld_table import (SLIDE_WINDOWS, build_teacher_cache, print_command, read_metrics,  # noqa: E402
+                            run_train_net)
 
 VIL = "configs/toy/vil_seg_toy.yaml"
 ZS = "configs/toy/zeroseg_toy.yaml"
@@ -64,6 +65,9 @@ class Model:
     """A trained model: ``train_net.py --config-file config`` with ``opts`` (and ``SEED``)."""
     config: str
     opts: Tuple[str, ...] = ()
+    # trained from a teacher-feature cache (tools/cache_teacher_features.py), one per grid set, built
+    # first into <output-dir>/teacher/<grids> and shared by every model with those grids
+    teacher_cache: bool = False
 
 
 @dataclass
@@ -116,15 +120,15 @@ MODELS: Dict[str, Model] = {
     "vil_seg_enc": Model(VIL, ("MODEL.VIL_SEG.CLUSTER_GRAD_TO_ENCODER", "True")),
     "vil_seg_c10": Model(VIL, ("MODEL.VIL_SEG.NUM_CLUSTERS", "10")),
     "vil_seg_c40": Model(VIL, ("MODEL.VIL_SEG.NUM_CLUSTERS", "40")),
-    "zs_grids_1": Model(ZS, ("MODEL.ZEROSEG.GRIDS", "[1]")),
-    "zs_grids_1_2": Model(ZS, ("MODEL.ZEROSEG.GRIDS", "[1, 2]")),
-    "zs_grids_1_3": Model(ZS, ("MODEL.ZEROSEG.GRIDS", "[1, 3]")),
-    "zs_all": Model(ZS),
-    "zs_multiscale": Model(ZS, ("MODEL.ZEROSEG.MATCHING_WEIGHT", "0.0")),
-    "zs_matching": Model(ZS, ("MODEL.ZEROSEG.DISTILL_GRIDS", "[1]")),
-    "zs_all_nearest": Model(ZS, ("MODEL.ZEROSEG.MATCHING", "nearest")),
-    "zs_mask_0": Model(ZS, ("MODEL.ZEROSEG.MASK_RATIO", "0.0")),
-    "zs_mask_08": Model(ZS, ("MODEL.ZEROSEG.MASK_RATIO", "0.8")),
+    "zs_grids_1": Model(ZS, ("MODEL.ZEROSEG.GRIDS", "[1]"), True),
+    "zs_grids_1_2": Model(ZS, ("MODEL.ZEROSEG.GRIDS", "[1, 2]"), True),
+    "zs_grids_1_3": Model(ZS, ("MODEL.ZEROSEG.GRIDS", "[1, 3]"), True),
+    "zs_all": Model(ZS, (), True),
+    "zs_multiscale": Model(ZS, ("MODEL.ZEROSEG.MATCHING_WEIGHT", "0.0"), True),
+    "zs_matching": Model(ZS, ("MODEL.ZEROSEG.DISTILL_GRIDS", "[1]"), True),
+    "zs_all_nearest": Model(ZS, ("MODEL.ZEROSEG.MATCHING", "nearest"), True),
+    "zs_mask_0": Model(ZS, ("MODEL.ZEROSEG.MASK_RATIO", "0.0"), True),
+    "zs_mask_08": Model(ZS, ("MODEL.ZEROSEG.MASK_RATIO", "0.8"), True),
     "sed": Model("configs/toy/sed_toy.yaml"),
     "err_seg": Model("configs/toy/err_seg_toy.yaml"),
 }
@@ -255,13 +259,36 @@ def evaluated(path: str, datasets: Sequence[str]) -> bool:
     return all(os.path.isfile(os.path.join(path, "inference", d, "sem_seg_evaluation.json")) for d in datasets)
 
 
-def model_datasets(config: str, opts: Sequence[str]) -> Tuple[str, ...]:
-    """The DATASETS.TEST a config (with overrides) evaluates at the end of training / --eval-only."""
+def load_cfg(config: str, opts: Sequence[str]):
     from ovss_d2.engine import load_config
 
     cfg = load_config(os.path.join(REPO, config))
     cfg.merge_from_list(list(opts))
-    return tuple(cfg.DATASETS.TEST)
+    return cfg
+
+
+def model_datasets(config: str, opts: Sequence[str]) -> Tuple[str, ...]:
+    """The DATASETS.TEST a config (with overrides) evaluates at the end of training / --eval-only."""
+    return tuple(load_cfg(config, opts).DATASETS.TEST)
+
+
+def ensure_teacher_cache(out: str, m: Model, dry_run: bool) -> List[str]:
+    """A ZeroSeg model's teacher-feature cache for its grids (built unless complete; the script resumes a
+    partial one and checks a finished one) -> the overrides that train from it. The toy mapper's centre
+    crop is deterministic, so the cached views are the ones the teacher would compute on the fly."""
+    grids = list(load_cfg(m.config, m.opts).MODEL.ZEROSEG.GRIDS)
+    root = os.path.join(out, "teacher", "grids_" + "_".join(map(str, grids)))
+    opts = ["MODEL.ZEROSEG.TEACHER_CACHE", root]
+    if root in _HANDLED or os.path.isfile(os.path.join(root, "index.json")):
+        return opts
+    _HANDLED.add(root)
+    if dry_run:
+        print_command([sys.executable, "tools/cache_teacher_features.py", "--config-file", m.config] + list(m.opts)
+                      + opts)
+        return opts
+    seconds = build_teacher_cache(m.config, list(m.opts) + opts, root + ".log")
+    print(f"  teacher cache for grids {grids}: {seconds:.0f} s", flush=True)
+    return opts
 
 
 def parse_inference_ms(log_path: str, datasets: Sequence[str]) -> Dict[str, float]:
@@ -289,6 +316,8 @@ def ensure_model(out: str, key: str, seed: int, force: bool, dry_run: bool) -> s
     if path in _HANDLED or not force and os.path.isfile(timing) and evaluated(path, model_datasets(m.config, opts)):
         return path
     _HANDLED.add(path)
+    if m.teacher_cache:
+        opts += ensure_teacher_cache(out, m, dry_run)
     if dry_run:
         print_command([sys.executable, "train_net.py", "--config-file", m.config, "OUTPUT_DIR", path] + opts)
         return path
