@@ -31,6 +31,7 @@ gpu-check: $(VENV)/.core-done
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf build $(VENV) *.egg-info

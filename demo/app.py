@@ -13,7 +13,7 @@ label map are files the page serves from its own folder: the last ``--keep-resul
 (default 16) are kept, older ones deleted (least recently used first); uploads leave Gradio's cache
 after an hour; everything goes when the app ends. Needs the ``web`` extra
 (``pip install -e .[web]``; ``make setup`` installs it). ``tools/web_demo_screenshot.py`` takes
-the README's screenshot of this page.
+the screenshot of this page in demo/README.md.
 """
 import argparse
 import errno
@@ -151,7 +151,7 @@ def default_vocabulary(cfg) -> List[str]:
 
 def toyworld_examples(folder: str, n: int = NUM_EXAMPLES) -> List[str]:
     """The first ``n`` ToyWorld val scenes, rendered by the current ToyWorld generator, as PNGs."""
-    from ovss_d2.data.toyworld import render_scene
+    from ovss_d2.toyworld import render_scene
 
     paths = []
     for i in range(n):

@@ -1,10 +1,17 @@
-"""Config keys ovss-d2 adds to detectron2's defaults (``add_ovss_config``)."""
+"""Config keys ovss-d2 adds to detectron2's defaults.
+
+:func:`add_ovss_config` adds them all: the shared part (:func:`add_shared_config`: CLIP, text
+embeddings, model-wide switches, speed, data, test, solver) and one ``add_<method>_config`` per method
+(:data:`METHOD_CONFIGS`), which adds only its own nodes: ``MODEL.<METHOD>`` and the input keys of the
+method's mapper."""
+from typing import Callable, Dict
+
 from detectron2.config import CfgNode as CN
 
 
-def add_ovss_config(cfg: CN) -> None:
-    """Add every key the project uses to ``cfg`` (a detectron2 ``get_cfg()`` node), in place."""
-    # ---- CLIP (open_clip) ------------------------------------------------------------------
+def add_clip_config(cfg: CN) -> None:
+    """Shared: the open_clip model (``MODEL.CLIP``) and the text embeddings of the vocabulary
+    (``MODEL.TEXT``)."""
     cfg.MODEL.CLIP = CN()
     # open_clip model name, e.g. "ViT-B-16", "convnext_base_w_320", "convnext_large_d_320".
     cfg.MODEL.CLIP.NAME = "ViT-B-16"
@@ -26,7 +33,7 @@ def add_ovss_config(cfg: CN) -> None:
     cfg.MODEL.CLIP.DROP_PATH_RATE = -1.0
     cfg.MODEL.CLIP.HEAD_DROPOUT = -1.0
 
-    # ---- Text embeddings of the vocabulary ---------------------------------------------------
+    # Text embeddings of the vocabulary.
     cfg.MODEL.TEXT = CN()
     # A built-in template set (see ovss_d2/modeling/clip/templates.py): "imagenet_80",
     # "single_scene" (ERR-Seg), "photo_of_a" (ViL-Seg), "photo_of_the" (ZeroSeg).
@@ -42,19 +49,103 @@ def add_ovss_config(cfg: CN) -> None:
     # the "first" synonym only (what ERR-Seg's official code does).
     cfg.MODEL.TEXT.SYNONYMS = "average"
 
-    # ---- Training-free CLIP dense baseline (MaskCLIP-style) ----------------------------------
-    cfg.MODEL.CLIP_BASELINE = CN()
-    # Initial logit scale (1 / temperature) applied to the cosine cost map.
-    cfg.MODEL.CLIP_BASELINE.LOGIT_SCALE = 100.0
-    cfg.MODEL.CLIP_BASELINE.LEARN_LOGIT_SCALE = False
 
+def _add_model_config(cfg: CN) -> None:
+    """Shared ``MODEL`` switches: DDP, strict weight loading, ignore label, padding."""
     # DDP: set True for models with parameters that some steps do not use.
     cfg.MODEL.FIND_UNUSED_PARAMETERS = False
     # MODEL.WEIGHTS (and the Predictor's / demo's weights) must set exactly the model's tensors:
     # a checkpoint of another method or config is an error. False loads what fits and warns (to
     # fine-tune from another model); the CLIP weights of MODEL.CLIP.PRETRAINED are then loaded too.
     cfg.MODEL.WEIGHTS_STRICT = True
-    # ---- SED ----------------------------------------------------------------------------------
+
+    # Ignore label of the ground truth (255 by convention).
+    cfg.MODEL.SEM_SEG_IGNORE_VALUE = 255
+    # Images are padded to a multiple of this (the backbone's largest stride).
+    cfg.MODEL.SIZE_DIVISIBILITY = 32
+
+
+def _add_speed_config(cfg: CN) -> None:
+    """Shared speed switches (docs/performance.md): ``TEST.AMP``, ``MODEL.CHANNELS_LAST``, ``MODEL.COMPILE``,
+    ``TEST.CLASS_CHUNK_SIZE``. All off = the plain fp32 path."""
+    # Mixed precision at inference (training: SOLVER.AMP): autocast the forward in "bfloat16"
+    # (CPU or CUDA) or "float16" (CUDA only).
+    cfg.TEST.AMP = CN()
+    cfg.TEST.AMP.ENABLED = False
+    cfg.TEST.AMP.DTYPE = "bfloat16"
+    # Convolution weights and images in channels-last (NHWC) memory order (faster convolutions
+    # with oneDNN / cuDNN, above all with AMP); training and inference.
+    cfg.MODEL.CHANNELS_LAST = False
+    # torch.compile the image encoder's stages and the decoder's layers (skipped with a warning
+    # where torch.compile cannot run, e.g. inductor without a C++ compiler on the CPU).
+    cfg.MODEL.COMPILE = CN()
+    cfg.MODEL.COMPILE.ENABLED = False
+    cfg.MODEL.COMPILE.BACKEND = "inductor"
+    # torch.compile mode: "" (default), "max-autotune", "reduce-overhead", ...
+    cfg.MODEL.COMPILE.MODE = ""
+    # Classes per chunk in the decoder's per-class layers at inference (0 = all classes at once):
+    # bounds the peak memory at large vocabularies, same outputs.
+    cfg.TEST.CLASS_CHUNK_SIZE = 0
+
+
+def _add_data_config(cfg: CN) -> None:
+    """Shared ``INPUT`` keys of the training mapper and ``TEST.DATASET_SETTINGS``."""
+    # Training mapper, by class name in ovss_d2.data.DATASET_MAPPER_REGISTRY (test: SemSegDatasetMapper).
+    cfg.INPUT.DATASET_MAPPER_NAME = "SemSegDatasetMapper"
+    cfg.INPUT.FORMAT = "RGB"
+    # Training crops that keep no single category above this fraction of the crop (1.0 = off).
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    # detectron2's ColorAugSSDTransform (detectron2.projects.point_rend) in training, as the SED /
+    # ERR-Seg / CAT-Seg mappers: brightness, contrast, saturation, hue +-18 of OpenCV's 0-180 units.
+    cfg.INPUT.COLOR_AUG_SSD = False
+    # The mapper pads training images (value 128) and labels (ignore) to a multiple of this.
+    cfg.INPUT.SIZE_DIVISIBILITY = -1
+
+    # Apply each test dataset's registered per-benchmark settings (ERR-Seg's CRM N, ZeroSeg's
+    # background threshold) in place of the MODEL values while evaluating on it.
+    cfg.TEST.DATASET_SETTINGS = True
+
+
+def _add_solver_config(cfg: CN) -> None:
+    """Shared ``SOLVER`` keys and the seed."""
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # or "SGD"
+    # Learning-rate factor of every trainable CLIP weight (SED / ERR-Seg: 0.01).
+    cfg.SOLVER.CLIP_LR_MULTIPLIER = 0.01
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    # Which parameters skip weight decay: "norm_embed" (norm layers: WEIGHT_DECAY_NORM, embeddings:
+    # WEIGHT_DECAY_EMBED) or "mae" (MAE's and GroupViT's rule: every 1-D tensor and every bias, no decay).
+    cfg.SOLVER.WEIGHT_DECAY_RULE = "norm_embed"
+    # Minimum of WarmupHalfCosineLR (ovss_d2/engine/lr_scheduler.py) as a factor of the base rate (MAE: 0).
+    cfg.SOLVER.HALF_COSINE_MIN_FACTOR = 0.0
+    # AMP dtype: "float16" (CUDA, with a gradient scaler) or "bfloat16" (CUDA or CPU).
+    cfg.SOLVER.AMP.DTYPE = "float16"
+    # Adam / AdamW betas (ZeroSeg: 0.9, 0.95).
+    cfg.SOLVER.BETAS = (0.9, 0.999)
+
+    # Deterministic by default: the sampler, the augmentations and the model's random draws are
+    # seeded per sample / per iteration from SEED, so a resumed run replays the same stream.
+    cfg.SEED = 42
+
+
+def add_shared_config(cfg: CN) -> None:
+    """Every key that is not one method's own (detectron2 ``get_cfg()`` node, in place)."""
+    add_clip_config(cfg)
+    _add_model_config(cfg)
+    _add_speed_config(cfg)
+    _add_data_config(cfg)
+    _add_solver_config(cfg)
+
+
+def add_clip_baseline_config(cfg: CN) -> None:
+    """The training-free CLIP dense baseline, MaskCLIP-style (``MODEL.CLIP_BASELINE``)."""
+    cfg.MODEL.CLIP_BASELINE = CN()
+    # Initial logit scale (1 / temperature) applied to the cosine cost map.
+    cfg.MODEL.CLIP_BASELINE.LOGIT_SCALE = 100.0
+    cfg.MODEL.CLIP_BASELINE.LEARN_LOGIT_SCALE = False
+
+
+def add_sed_config(cfg: CN) -> None:
+    """SED (``MODEL.SED``)."""
     cfg.MODEL.SED = CN()
     # Every image is resized to this size before the encoder (official: 768 x 768).
     cfg.MODEL.SED.CLIP_RESOLUTION = (768, 768)
@@ -70,7 +161,9 @@ def add_ovss_config(cfg: CN) -> None:
     # top-k classes (paper: k = 8). 0 disables it.
     cfg.MODEL.SED.EARLY_REJECTION_TOPK = 8
 
-    # ---- ERR-Seg ------------------------------------------------------------------------------
+
+def add_err_seg_config(cfg: CN) -> None:
+    """ERR-Seg (``MODEL.ERR_SEG``)."""
     cfg.MODEL.ERR_SEG = CN()
     # Images are resized to these sizes for training and inference (B: 640/640, L: 640/768).
     cfg.MODEL.ERR_SEG.CLIP_RESOLUTION = (640, 640)
@@ -91,7 +184,9 @@ def add_ovss_config(cfg: CN) -> None:
     # layers of the text transformer) or "full".
     cfg.MODEL.ERR_SEG.CLIP_FINETUNE = "weight"
 
-    # ---- ZeroSeg --------------------------------------------------------------------------------
+
+def add_zeroseg_config(cfg: CN) -> None:
+    """ZeroSeg (``MODEL.ZEROSEG``) and its centre-crop mapper (``INPUT.CENTER_CROP_SIZE``)."""
     # MODEL.CLIP is the frozen teacher (paper: ViT-L-14) and, at inference, the text encoder.
     cfg.MODEL.ZEROSEG = CN()
     cfg.MODEL.ZEROSEG.IMAGE_SIZE = 224  # training input; the grid views are resized to it too
@@ -125,7 +220,7 @@ def add_ovss_config(cfg: CN) -> None:
     # [1] (only the whole image into z) while the segments are matched on the cells of the other GRIDS.
     cfg.MODEL.ZEROSEG.DISTILL_GRIDS = []
     # L1 of the distillation and matching terms between unit-normalised embeddings: "mean" over the
-    # channels (ours) or "sum" (the L1 distance ||a - b||_1, D times larger; docs/zeroseg.md).
+    # channels (ours) or "sum" (the L1 distance ||a - b||_1, D times larger; docs/methods/zeroseg.md).
     cfg.MODEL.ZEROSEG.L1_DISTANCE = "mean"
     # Size the views are resized to for the teacher; 0 = IMAGE_SIZE (the paper: both 224, CLIP-L's input).
     cfg.MODEL.ZEROSEG.TEACHER_VIEW_SIZE = 0
@@ -134,7 +229,7 @@ def add_ovss_config(cfg: CN) -> None:
     cfg.MODEL.ZEROSEG.DISTILL_WEIGHT = 1.0
     cfg.MODEL.ZEROSEG.MATCHING_WEIGHT = 1.0
     cfg.MODEL.ZEROSEG.RECONSTRUCTION_WEIGHT = 1.0
-    # Segment matching: "nearest" (the paper's Eq. 1) or, not in the paper (docs/zeroseg.md),
+    # Segment matching: "nearest" (the paper's Eq. 1) or, not in the paper (docs/methods/zeroseg.md),
     # "one_to_one" (Hungarian) or "coverage" (each token's segment to the cells covering that token).
     cfg.MODEL.ZEROSEG.MATCHING = "nearest"
     # Not in the paper: weight of the reverse matching term (each cell to its nearest segment); 0 = off.
@@ -149,7 +244,7 @@ def add_ovss_config(cfg: CN) -> None:
     # GroupViT's rule: the threshold is capped by the image's best group probability (False: plain threshold).
     cfg.MODEL.ZEROSEG.BACKGROUND_CAP = True
     # What names a group at inference: "segment" (the paper: its segment embedding) or, not in the
-    # paper (docs/zeroseg.md), "teacher": the teacher's dense embedding averaged over the group's
+    # paper (docs/methods/zeroseg.md), "teacher": the teacher's dense embedding averaged over the group's
     # pixels, the teacher run on the image resized to TEACHER_NAMING_SIZE on its short side (0: as is).
     cfg.MODEL.ZEROSEG.GROUP_NAMING = "segment"
     cfg.MODEL.ZEROSEG.TEACHER_NAMING_SIZE = 0
@@ -162,7 +257,10 @@ def add_ovss_config(cfg: CN) -> None:
     # Unlabeled-image mapper (CenterCropImageMapper): shortest edge resized to this, centre crop.
     cfg.INPUT.CENTER_CROP_SIZE = 224
 
-    # ---- ViL-Seg (trained on image-caption pairs; docs/vil_seg.md) ---------------------------------
+
+def add_vil_seg_config(cfg: CN) -> None:
+    """ViL-Seg, trained on image-caption pairs (docs/methods/vil_seg.md): ``MODEL.VIL_SEG`` and its multi-crop mapper
+    (``INPUT.VIL_SEG``)."""
     cfg.MODEL.VIL_SEG = CN()
     # Online clustering head: C clusters (paper: 25).
     cfg.MODEL.VIL_SEG.NUM_CLUSTERS = 25
@@ -214,63 +312,20 @@ def add_ovss_config(cfg: CN) -> None:
     cfg.INPUT.VIL_SEG.IIC_COLOR_ADD = 0.1
     cfg.INPUT.VIL_SEG.IIC_FLIP_PROB = 0.5
 
-    # ---- Speed (docs/performance.md); all off = the plain fp32 path -------------------------
-    # Mixed precision at inference (training: SOLVER.AMP): autocast the forward in "bfloat16"
-    # (CPU or CUDA) or "float16" (CUDA only).
-    cfg.TEST.AMP = CN()
-    cfg.TEST.AMP.ENABLED = False
-    cfg.TEST.AMP.DTYPE = "bfloat16"
-    # Convolution weights and images in channels-last (NHWC) memory order (faster convolutions
-    # with oneDNN / cuDNN, above all with AMP); training and inference.
-    cfg.MODEL.CHANNELS_LAST = False
-    # torch.compile the image encoder's stages and the decoder's layers (skipped with a warning
-    # where torch.compile cannot run, e.g. inductor without a C++ compiler on the CPU).
-    cfg.MODEL.COMPILE = CN()
-    cfg.MODEL.COMPILE.ENABLED = False
-    cfg.MODEL.COMPILE.BACKEND = "inductor"
-    # torch.compile mode: "" (default), "max-autotune", "reduce-overhead", ...
-    cfg.MODEL.COMPILE.MODE = ""
-    # Classes per chunk in the decoder's per-class layers at inference (0 = all classes at once):
-    # bounds the peak memory at large vocabularies, same outputs.
-    cfg.TEST.CLASS_CHUNK_SIZE = 0
 
-    # Ignore label of the ground truth (255 by convention).
-    cfg.MODEL.SEM_SEG_IGNORE_VALUE = 255
-    # Images are padded to a multiple of this (the backbone's largest stride).
-    cfg.MODEL.SIZE_DIVISIBILITY = 32
+# Each method's config function by the node it adds under MODEL.
+METHOD_CONFIGS: Dict[str, Callable[[CN], None]] = {
+    "CLIP_BASELINE": add_clip_baseline_config,
+    "SED": add_sed_config,
+    "ERR_SEG": add_err_seg_config,
+    "ZEROSEG": add_zeroseg_config,
+    "VIL_SEG": add_vil_seg_config,
+}
 
-    # ---- Data ---------------------------------------------------------------------------------
-    # Training mapper, by class name in ovss_d2.data.DATASET_MAPPER_REGISTRY (test: SemSegDatasetMapper).
-    cfg.INPUT.DATASET_MAPPER_NAME = "SemSegDatasetMapper"
-    cfg.INPUT.FORMAT = "RGB"
-    # Training crops that keep no single category above this fraction of the crop (1.0 = off).
-    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
-    # detectron2's ColorAugSSDTransform (detectron2.projects.point_rend) in training, as the SED /
-    # ERR-Seg / CAT-Seg mappers: brightness, contrast, saturation, hue +-18 of OpenCV's 0-180 units.
-    cfg.INPUT.COLOR_AUG_SSD = False
-    # The mapper pads training images (value 128) and labels (ignore) to a multiple of this.
-    cfg.INPUT.SIZE_DIVISIBILITY = -1
 
-    # ---- Test ---------------------------------------------------------------------------------
-    # Apply each test dataset's registered per-benchmark settings (ERR-Seg's CRM N, ZeroSeg's
-    # background threshold) in place of the MODEL values while evaluating on it.
-    cfg.TEST.DATASET_SETTINGS = True
-
-    # ---- Solver -------------------------------------------------------------------------------
-    cfg.SOLVER.OPTIMIZER = "ADAMW"  # or "SGD"
-    # Learning-rate factor of every trainable CLIP weight (SED / ERR-Seg: 0.01).
-    cfg.SOLVER.CLIP_LR_MULTIPLIER = 0.01
-    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
-    # Which parameters skip weight decay: "norm_embed" (norm layers: WEIGHT_DECAY_NORM, embeddings:
-    # WEIGHT_DECAY_EMBED) or "mae" (MAE's and GroupViT's rule: every 1-D tensor and every bias, no decay).
-    cfg.SOLVER.WEIGHT_DECAY_RULE = "norm_embed"
-    # Minimum of WarmupHalfCosineLR (ovss_d2/engine/lr_scheduler.py) as a factor of the base rate (MAE: 0).
-    cfg.SOLVER.HALF_COSINE_MIN_FACTOR = 0.0
-    # AMP dtype: "float16" (CUDA, with a gradient scaler) or "bfloat16" (CUDA or CPU).
-    cfg.SOLVER.AMP.DTYPE = "float16"
-    # Adam / AdamW betas (ZeroSeg: 0.9, 0.95).
-    cfg.SOLVER.BETAS = (0.9, 0.999)
-
-    # Deterministic by default: the sampler, the augmentations and the model's random draws are
-    # seeded per sample / per iteration from SEED, so a resumed run replays the same stream.
-    cfg.SEED = 42
+def add_ovss_config(cfg: CN) -> None:
+    """Add every key the project uses to ``cfg`` (a detectron2 ``get_cfg()`` node), in place: the shared
+    part, then each method's."""
+    add_shared_config(cfg)
+    for add_method_config in METHOD_CONFIGS.values():
+        add_method_config(cfg)

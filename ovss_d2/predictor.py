@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
+from detectron2.modeling.postprocessing import sem_seg_postprocess
 from PIL import Image
 
 from .checkpoint import OVSSCheckpointer
@@ -59,8 +60,7 @@ def upsample_argmax(scores: torch.Tensor, size, classes_per_chunk: int = 8) -> t
     computed a few classes at a time: memory O(chunk * H * W), not O(N * H * W)."""
     best = best_idx = None
     for start in range(0, scores.shape[0], classes_per_chunk):
-        up = F.interpolate(scores[None, start:start + classes_per_chunk], size=size, mode="bilinear",
-                           align_corners=False)[0]
+        up = sem_seg_postprocess(scores[start:start + classes_per_chunk], scores.shape[-2:], *size)
         val, idx = up.max(dim=0)
         idx += start
         if best is None:

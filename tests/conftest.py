@@ -19,8 +19,8 @@ def _isolated_cache(tmp_path_factory):
 def small_tiny_clip(tmp_path_factory):
     """(root, checkpoint) of a small ToyWorld and a tiny CLIP trained briefly on its caption corpus,
     shared by the tests of the session."""
-    from ovss_d2.data import toyworld
-    from ovss_d2.data.toyworld import tiny_clip
+    from ovss_d2 import toyworld
+    from ovss_d2.toyworld import tiny_clip
 
     root = str(tmp_path_factory.mktemp("tw_clip") / "w")
     toyworld.generate(root, sizes={"train": 200, "captions": 300, "val": 60, "wide_val": 20}, progress=False)

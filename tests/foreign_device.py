@@ -17,7 +17,7 @@ copying into a CPU tensor) and every CPU index tensor used on device data (CUDA 
 without a word) must happen inside a function of the allow-list the test passes, as
 ``{name: (file path suffix, function name)}``; outside it, it is refused. ``.item()`` and the
 other scalar reads are allowed (they synchronise but copy no tensor; ``HostSyncCounter`` in
-``ovss_d2.modeling.fast_paths`` counts them).
+``ovss_d2.utils.profiling`` counts them).
 
 Tensors that never meet the device are left alone: CPU-side work on plain CPU tensors is no
 device bug. Every refusal is also kept in ``violations``, so that code which catches exceptions

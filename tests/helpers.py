@@ -214,7 +214,7 @@ def vilseg_collectives_worker(in_file: str, out_dir: str):
     from detectron2.utils import comm
 
     from ovss_d2.modeling.contrastive import cross_modal_info_nce
-    from ovss_d2.modeling.grouping.clustering import iic_loss
+    from ovss_d2.modeling.clustering import iic_loss
 
     data = torch.load(in_file)
     rank, world = comm.get_rank(), comm.get_world_size()

@@ -125,7 +125,7 @@ def test_uncached_tag_fails_fast_and_says_how_to_pass_a_file(tmp_path, no_networ
 
 
 def test_cached_tag_files_are_found_without_network(tmp_path, no_network):
-    from ovss_d2.modeling.clip.wrapper import _cached_tag_file
+    from ovss_d2.modeling.clip.weights import _cached_tag_file
 
     cfg = {"url": "https://example.invalid/abc/ViT-B-16.pt", "hf_hub": ""}
     assert _cached_tag_file(cfg, str(tmp_path)) is None

@@ -47,7 +47,7 @@ HOST_COPY_ALLOW_LIST = {
     "text-embedding cache key": ("ovss_d2/modeling/clip/wrapper.py", "text_fingerprint"),
     # K-means++ seeding draws each next centre with a CPU generator (deterministic on every device);
     # ViL-Seg's K-means clustering at inference (MODEL.VIL_SEG.CLUSTERING kmeans)
-    "k-means++ seeding": ("ovss_d2/modeling/grouping/clustering.py", "kmeans"),
+    "k-means++ seeding": ("ovss_d2/modeling/clustering/kmeans.py", "kmeans"),
     # ZeroSeg's optional one-to-one matching (not the toy config's): the Hungarian algorithm is SciPy's
     "Hungarian matching": ("ovss_d2/modeling/distillation.py", "one_to_one_matching_loss"),
 }

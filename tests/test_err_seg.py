@@ -12,6 +12,7 @@ from ovss_d2.engine import OVSSTrainer, build_optimizer, load_config
 from ovss_d2.modeling.converters import convert_err_seg_official
 from ovss_d2.modeling.cost_aggregation import crm_scores, crm_select
 from ovss_d2.modeling.heads.err_seg_decoder import DROPPED_LOGIT
+from ovss_d2.modeling.meta_arch.err_seg import dense_embedding_stride16
 
 
 def err_cfg(config="err_seg_convnext_b_640.yaml"):
@@ -81,7 +82,7 @@ def test_stride1_downsample_is_copied_from_stage3_frozen_by_weight_and_trained_b
                      modify[2].weight, modify[2].bias)
         x = visual.trunk.stages[3].blocks(F.interpolate(x, size=(6, 6), mode="bilinear", align_corners=False))
         x = visual.head(visual.trunk.head.norm(visual.trunk.norm_pre(x)).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        assert torch.allclose(model.clip.dense_embedding_stride16({"res4": res4}), x, atol=1e-5)
+        assert torch.allclose(dense_embedding_stride16(model.clip, {"res4": res4}), x, atol=1e-5)
 
 
 def _loop_crm(cost, k, gt=None):
@@ -177,7 +178,7 @@ def test_crm_reduces_to_the_top_classes_and_decodes_them_as_a_vocabulary_of_thei
         model.crm_test = 4
         out = model.predict(x)
         # the scores by hand: each pixel's three most similar classes count 1, 0.1, 0.01
-        emb = F.normalize(model.clip.dense_embedding_stride16(model.clip.forward_features(x)), dim=1)[0]
+        emb = F.normalize(dense_embedding_stride16(model.clip, model.clip.forward_features(x)), dim=1)[0]
         text = model.class_embeddings().mean(1)  # one template
         sim = torch.einsum("dhw,nd->hwn", emb, F.normalize(text, dim=-1)).reshape(-1, 10)
         score = torch.zeros(10)

@@ -1,6 +1,7 @@
-"""The speed switches (ovss_d2/modeling/fast_paths.py): each one's output against the plain fp32
-path of the same weights, with the tolerance stated in the test; the host-synchronisation counts
-of the inference forwards; the switches' config plumbing and fallbacks."""
+"""The speed switches (ovss_d2/modeling/fast_paths.py; the class chunks:
+cost_aggregation/class_chunks.py): each one's output against the plain fp32 path of the same
+weights, with the tolerance stated in the test; the host-synchronisation counts of the inference
+forwards; the switches' config plumbing and fallbacks."""
 import logging
 import os
 
@@ -11,7 +12,8 @@ import torch.nn as nn
 from helpers import REPO
 from ovss_d2.engine import OVSSTrainer, load_config
 from ovss_d2.modeling import fast_paths as fp
-from ovss_d2.modeling.cost_aggregation import REJECTED_LOGIT
+from ovss_d2.modeling.cost_aggregation import REJECTED_LOGIT, chunked_over_classes
+from ovss_d2.utils.profiling import HostSyncCounter
 
 NAMES = [f"class {i}" for i in range(10)]
 
@@ -173,9 +175,9 @@ def test_chunked_over_classes_equals_one_call_per_image_and_class():
     expected = torch.cat([conv(torch.cat([x[i * n + c], per_image[i], extra[i * n + c]])[None])
                           for i in range(b) for c in range(n)])
     for chunk in (0, 1, 3, 7, 50):
-        out = fp.chunked_over_classes(fn, x, n, chunk, extra)
+        out = chunked_over_classes(fn, x, n, chunk, extra)
         assert torch.allclose(out, expected, atol=1e-6), chunk
-    cl = fp.chunked_over_classes(lambda r, e: fn(r, e).contiguous(memory_format=torch.channels_last), x, n, 3, extra)
+    cl = chunked_over_classes(lambda r, e: fn(r, e).contiguous(memory_format=torch.channels_last), x, n, 3, extra)
     assert cl.is_contiguous(memory_format=torch.channels_last) and torch.allclose(cl, expected, atol=1e-6)
 
 
@@ -203,7 +205,7 @@ def test_all_switches_together_match_within_the_bf16_tolerance():
 # ---- host synchronisation -----------------------------------------------------------------------
 def test_sync_counter_sees_the_usual_suspects():
     x = torch.arange(6.0)
-    with fp.HostSyncCounter() as c:
+    with HostSyncCounter() as c:
         (x > 2).nonzero()
         x[x > 2]
         x.sum().item()
@@ -218,13 +220,13 @@ def test_inference_forwards_synchronise_only_where_the_shape_depends_on_data():
     layer (the kept-class count sets the next layer's shapes), none without rejection."""
     err = build("err_seg")
     err.crm_test = 4
-    with torch.no_grad(), fp.HostSyncCounter() as c:
+    with torch.no_grad(), HostSyncCounter() as c:
         err(inputs())
     assert c.total == 0, c.counts
     sed = build("sed")
     for k, expected in ((0, {}), (3, {"aten::nonzero": len(sed.decoder.layers)})):
         sed.early_rejection_topk = k
-        with torch.no_grad(), fp.HostSyncCounter() as c:
+        with torch.no_grad(), HostSyncCounter() as c:
             out = sed(inputs())[0]["sem_seg"]
         assert c.counts == expected
     assert (out == torch.sigmoid(torch.tensor(REJECTED_LOGIT))).any()  # k = 3 really rejected classes

@@ -1,13 +1,13 @@
-"""The README's examples run as written.
+"""The documented examples run as written.
 
-Every command of the "Train and evaluate" and "Demo and Python API" sections that can run on an
-offline machine is executed literally (bash, in a scratch folder where configs/, demo/ and
+Every command of GETTING_STARTED.md's "Train and evaluate" and "Demo and Python API" sections that
+can run on an offline machine is executed literally (bash, in a scratch folder where configs/, demo/ and
 train_net.py are linked), after the test has put there what the command names: a checkpoint of the
 named config's model (random weights stand in for a trained one), the named input files, and a
 small ToyWorld (a few images per split) for commands that use it. A ``# done: ...`` line under a
 demo command must match the run's summary. Commands with placeholders (``<config.yaml>``) or that
 need downloaded CLIP weights or a benchmark dataset are skipped. Nothing here depends on the
-commands' class names, images or paths: edit the README and this test follows it.
+commands' class names, images or paths: edit the page and this test follows it.
 """
 import os
 import re
@@ -24,12 +24,13 @@ from helpers import REPO
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
-TOYWORLD_IMAGES = 12  # per split of the scratch ToyWorld (more than a README --limit)
+TOYWORLD_IMAGES = 12  # per split of the scratch ToyWorld (more than a documented --limit)
+GUIDE = "GETTING_STARTED.md"  # the page whose commands run here
 DONE = re.compile(r"done: (\d+) images, (\d+) videos \((\d+) frames\); skipped: (\d+)")
 
 
-def readme_section(title: str) -> str:
-    text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+def guide_section(title: str) -> str:
+    text = open(os.path.join(REPO, GUIDE), encoding="utf-8").read()
     start = text.index(f"\n## {title}\n")
     end = text.find("\n## ", start + 1)
     return text[start:end if end > 0 else None]
@@ -131,7 +132,7 @@ def prepare(config, weights, datasets, cwd, env):
     from ovss_d2.engine import OVSSTrainer, load_config
 
     if any(d.startswith("toyworld") for d in datasets):
-        from ovss_d2.data.toyworld import generator
+        from ovss_d2.toyworld import generator
 
         root = os.path.join(env["OVSS_D2_CACHE"], os.path.relpath(generator.default_root(),
                                                                    os.environ["OVSS_D2_CACHE"]))
@@ -154,7 +155,7 @@ def run(command, cwd, env):
 
 
 def section_commands(title):
-    found = [c for block in code_blocks(readme_section(title), "bash") for c in shell_commands(block)]
+    found = [c for block in code_blocks(guide_section(title), "bash") for c in shell_commands(block)]
     return [c for c in found if runnable(c[0])]
 
 
@@ -200,7 +201,7 @@ def test_eval_commands_run_as_written(scratch):
 
 def test_python_example_runs_as_written(scratch):
     cwd, env = scratch
-    blocks = code_blocks(readme_section("Demo and Python API"), "python")
+    blocks = code_blocks(guide_section("Demo and Python API"), "python")
     assert blocks, "the Demo section has no Python example"
     for i, code in enumerate(blocks):
         literals = re.findall(r"\"([^\"]+)\"", code)

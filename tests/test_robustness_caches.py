@@ -14,7 +14,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from helpers import REPO, log_records
-from ovss_d2.data import toyworld
+from ovss_d2 import toyworld
 from ovss_d2.modeling.clip import CLIPWrapper, TextEmbeddingCache
 
 TEMPLATES = ["a photo of a {}.", "a {}."]

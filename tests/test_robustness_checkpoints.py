@@ -182,7 +182,7 @@ def test_detectron2_model_zoo_pkl_still_loads(tmp_path):
 
 
 def test_tiny_clip_checkpoint_is_read_as_data_only(tmp_path):
-    from ovss_d2.data.toyworld.tiny_clip import load_tiny_clip
+    from ovss_d2.toyworld.tiny_clip import load_tiny_clip
 
     marker = tmp_path / "ran"
     path = tmp_path / "tiny.pt"

@@ -3,14 +3,16 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from helpers import (REPO, assert_official_checkpoint_is_strict, param_counts, random_official_state_dict,
                      register_tiny_splits, train_args, train_worker)
 from ovss_d2.checkpoint import OVSSCheckpointer
 from ovss_d2.engine import OVSSTrainer, build_optimizer, load_config
 from ovss_d2.modeling.converters import convert_sed_official
-from ovss_d2.modeling.cost_aggregation import REJECTED_LOGIT, ClassLinearAttention, topk_union
+from ovss_d2.modeling.cost_aggregation import REJECTED_LOGIT, ClassLinearAttention, PooledClassMixer, topk_union
 from ovss_d2.modeling.cost_map import cost_map
+from ovss_d2.modeling.heads import SEDDecoder
 from ovss_d2.modeling.losses import one_hot_bce_with_logits
 
 def sed_cfg(name="convnext_base_w_320", extra=()):
@@ -67,7 +69,7 @@ def test_official_layout_converts_and_loads_strictly(sed_b, tmp_path):
     # spot checks of the mapping
     t = "sem_seg_head.predictor.transformer."
     assert torch.equal(sed_b.decoder.cost_embed.conv.weight, official[t + "conv1.weight"])
-    assert torch.equal(sed_b.decoder.layers[2].class_attn.q.weight,
+    assert torch.equal(sed_b.decoder.layers[2].class_attn.block.q.weight,
                        official["sem_seg_head.predictor.transformer.decoder3.attention.attention.q.weight"])
     assert torch.equal(sed_b.decoder.aux_heads[1].bias, official["sem_seg_head.predictor.transformer.head1.bias"])
     # and the checkpointer converts by itself when it sees that layout
@@ -82,6 +84,40 @@ def test_checkpoint_with_an_extra_or_a_missing_tensor_fails_naming_it(sed_b, tmp
     assert_official_checkpoint_is_strict(
         sed_b, "sed_convnext_base.json", tmp_path, "sem_seg_head.predictor.transformer.mystery.weight",
         "sem_seg_head.predictor.transformer.decoder2.cnext.gamma", "decoder.layers.1.spatial.gamma")
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class NarrowSEDDecoderForTests(SEDDecoder):
+    """Another registered head: SED's decoder with its cost map embedded in 32 channels."""
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        return {**super().from_config(cfg, input_shape), "hidden_dim": 32}
+
+
+def test_the_decoder_is_the_registered_head_the_config_names(data_root, tmp_path):
+    """MODEL.SEM_SEG_HEAD.NAME swaps the decoder from YAML; left at detectron2's default
+    (SemSegFPNHead) it is SED's own."""
+    swapped = OVSSTrainer.build_model(tiny_sed_cfg(tmp_path, ["MODEL.SEM_SEG_HEAD.NAME", "NarrowSEDDecoderForTests"]))
+    assert type(swapped.decoder) is NarrowSEDDecoderForTests and swapped.decoder.cost_embed.conv.out_channels == 32
+    swapped.eval().set_vocabulary(["cat", "dog", "grass"])
+    with torch.no_grad():
+        assert swapped([{"image": _image(), "height": 37, "width": 53}])[0]["sem_seg"].shape == (3, 37, 53)
+    default = OVSSTrainer.build_model(tiny_sed_cfg(tmp_path, ["MODEL.SEM_SEG_HEAD.NAME", "SemSegFPNHead"]))
+    assert type(default.decoder) is SEDDecoder
+
+
+def test_checkpoint_of_the_earlier_ovss_d2_layout_loads(tiny_sed, tmp_path):
+    """Before SED and ERR-Seg shared their class mixer and upsampling block, SED's layers held
+    ``class_attn.q``, ``up`` and ``fuse.convs``: such checkpoints convert on load."""
+    state = {k: v.clone() for k, v in tiny_sed.state_dict().items()}
+    early = {k.replace(".class_attn.block.", ".class_attn.").replace(".skip_fusion.up_conv.", ".up.")
+             .replace(".skip_fusion.fuse.", ".fuse.convs."): v.clone() + 1 for k, v in state.items()}
+    assert len(early) == len(state) and any(".fuse.convs." in k for k in early)
+    path = str(tmp_path / "early.pth")
+    torch.save({"model": early}, path)
+    OVSSCheckpointer(tiny_sed).load(path)
+    assert all(torch.equal(v, state[k] + 1) for k, v in tiny_sed.state_dict().items() if v.is_floating_point())
 
 
 def test_topk_union_matches_a_loop():
@@ -177,8 +213,8 @@ def test_early_rejection_drops_the_classes_no_pixel_ranks_and_decodes_the_rest_a
 def test_class_attention_pools_at_the_test_size_at_inference_only():
     """eval.sh evaluates with 1 x 1 pooling, the model trains with 2 x 2."""
     torch.manual_seed(0)
-    attn = ClassLinearAttention(16, num_heads=4, pool=(2, 2), test_pool=(1, 1))
-    same_weights = {p: ClassLinearAttention(16, num_heads=4, pool=p) for p in ((2, 2), (1, 1))}
+    attn = PooledClassMixer(ClassLinearAttention(16, num_heads=4), pool=(2, 2), test_pool=(1, 1))
+    same_weights = {p: PooledClassMixer(ClassLinearAttention(16, num_heads=4), pool=p) for p in ((2, 2), (1, 1))}
     for m in same_weights.values():
         m.load_state_dict(attn.state_dict())
     x = torch.randn(3 * 5, 16, 8, 8)

@@ -151,7 +151,7 @@ def test_crm_benchmark_tool_runs(tmp_path):
 def test_zeroseg_diagnostics_oracle_bounds_the_model(tmp_path, small_tiny_clip):
     # The model names each final group with one class (no resizing at ToyWorld's test size), so the
     # oracle naming (each group's majority class) is right on at least as many pixels.
-    from ovss_d2.data.toyworld import register_toyworld
+    from ovss_d2.toyworld import register_toyworld
 
     root, clip = small_tiny_clip
     register_toyworld(root, prefix="twd")

@@ -17,7 +17,7 @@ import pytest
 import torch
 from detectron2.utils.env import seed_all_rng
 
-from ovss_d2.data.toyworld import register_toyworld
+from ovss_d2.toyworld import register_toyworld
 from ovss_d2.engine import OVSSTrainer, load_config
 from ovss_d2.engine.teacher_features import build_teacher_cache
 
@@ -43,7 +43,7 @@ MEASURED = {"sed": (12.0, 16.3), "err_seg": (9.4, 20.3), "vil_seg": (2.2, 26.1),
 ZEROSEG_LOSS_RATIO = 0.68
 # ZeroSeg's collapse statistics (tools/zeroseg_diagnostics.py) over the first 30 twl_val images after
 # 200 iterations. Every matching pulls the segments together during the 50-iteration warm-up
-# (docs/zeroseg.md); a run short enough to end there cannot tell them apart. Measured at 200
+# (docs/methods/zeroseg.md); a run short enough to end there cannot tell them apart. Measured at 200
 # (used-segment cosine, groups told apart per image), with issue 25's MAE schedule and
 # initialisation: coverage 0.38, 1.93; nearest 0.984, 1.03 (two threads); before them coverage
 # 0.52, 1.83, nearest 0.9996, 1.00, coverage with seeds 1-4 0.51-0.78, 1.30-2.00 (one thread).

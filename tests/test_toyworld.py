@@ -8,10 +8,10 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-from ovss_d2.data import toyworld
-from ovss_d2.data.toyworld import (HELD_OUT, SPLITS, TRAIN_CLASSES, VAL_CLASSES, VAL_UNSEEN, WIDE_CLASSES,
-                                   WIDE_UNSEEN, check_vocabulary, is_object, register_toyworld, tiny_clip)
-from ovss_d2.data.toyworld.vocabulary import CAPTION_CLASSES, split_name
+from ovss_d2 import toyworld
+from ovss_d2.toyworld import (HELD_OUT, SPLITS, TRAIN_CLASSES, VAL_CLASSES, VAL_UNSEEN, WIDE_CLASSES, WIDE_UNSEEN,
+                              check_vocabulary, is_object, register_toyworld, tiny_clip)
+from ovss_d2.toyworld.vocabulary import CAPTION_CLASSES, split_name
 
 SIZES = {"train": 60, "val": 40, "captions": 40, "wide_val": 30}
 
@@ -140,7 +140,7 @@ def test_a_text_describes_every_item_it_fits():
 
 
 def test_the_batch_positives_are_every_text_item_pair_that_fits(world):
-    batches = tiny_clip._Batches(world, "captions", tiny_clip.held_out("test"), np.random.default_rng(1))
+    batches = tiny_clip.Batches(world, "captions", tiny_clip.held_out("test"), np.random.default_rng(1))
     _, regions, cells = batches.draw_regions(6, 4, 4)
     items = batches.draw(30, 10, 5, 5) + regions + cells
     texts = list(dict.fromkeys(b[2] for b in items))
@@ -157,7 +157,7 @@ def test_the_batch_positives_are_every_text_item_pair_that_fits(world):
 
 
 def test_held_out_classes_never_reach_the_tiny_clip(world):
-    batches = tiny_clip._Batches(world, "captions", tiny_clip.held_out("dev"), np.random.default_rng(0))
+    batches = tiny_clip.Batches(world, "captions", tiny_clip.held_out("dev"), np.random.default_rng(0))
     _, regions, cells = batches.draw_regions(8, 4, 4)
     items = batches.draw(40, 20, 10, 10) + regions + cells
     excluded = set(HELD_OUT) | set(tiny_clip.DEV_HELD_OUT)
@@ -185,8 +185,33 @@ def test_toyworld_tag_without_checkpoint_says_how_to_train(tmp_path, monkeypatch
     from ovss_d2.modeling.clip import CLIPWrapper
 
     monkeypatch.setenv("OVSS_D2_CACHE", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="tools/train_tiny_clip.py"):
+    key = tiny_clip.settings_key("ovss-tiny-convnext", tiny_clip.TRAIN_SETTINGS)
+    expected = str(tmp_path / "tiny_clip" / f"ovss-tiny-convnext-toyworld-{key}.pt")
+    assert tiny_clip.default_checkpoint_path("ovss-tiny-convnext") == expected  # below the cache root
+    with pytest.raises(FileNotFoundError, match="no ToyWorld-trained ovss-tiny-convnext at .*tools/train_tiny_clip.py"):
         CLIPWrapper("ovss-tiny-convnext", "toyworld")
+
+
+def test_toyworld_tag_loads_the_cached_tiny_clip(small_tiny_clip, tmp_path, monkeypatch):
+    """The tag resolves through the weights-tag registry that ToyWorld registers into (modeling never
+    imports ToyWorld): the cached checkpoint is read, and a teacher cache names its file."""
+    from detectron2.config import CfgNode
+
+    from ovss_d2.data.teacher_cache import teacher_name
+    from ovss_d2.modeling.clip import CLIPWrapper, is_weights_tag
+
+    assert is_weights_tag("toyworld")
+    monkeypatch.setenv("OVSS_D2_CACHE", str(tmp_path))
+    target = tiny_clip.default_checkpoint_path("ovss-tiny-convnext")
+    os.makedirs(os.path.dirname(target))
+    os.symlink(small_tiny_clip[1], target)
+    clip = CLIPWrapper("ovss-tiny-convnext", "toyworld")
+    assert clip.pretrained == target
+    reference = CLIPWrapper("ovss-tiny-convnext", small_tiny_clip[1])
+    for k, v in reference.model.state_dict().items():
+        assert torch.equal(clip.model.state_dict()[k], v), k
+    cfg = CfgNode({"MODEL": {"CLIP": {"NAME": "ovss-tiny-convnext", "PRETRAINED": "toyworld"}}})
+    assert teacher_name(cfg) == f"ovss-tiny-convnext:toyworld:{os.path.basename(target)}"
 
 
 def test_meta_json_lists_the_vocabularies(world):

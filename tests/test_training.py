@@ -117,7 +117,7 @@ def test_two_cpu_processes_equal_one(data_root, tmp_path):
     a = _weights(os.path.join(one, "model_final.pth"))
     b = _weights(os.path.join(two, "model_final.pth"))
     assert a["iteration"] == b["iteration"] == 2
-    _assert_same_model(a, b, atol=1e-6)  # float rounding of the all-reduce (README: 2.4e-7 measured)
+    _assert_same_model(a, b, atol=1e-6)  # float rounding of the all-reduce (GETTING_STARTED.md: 2.4e-7 measured)
     # and training changed the weights
     init = OVSSTrainer.build_model(tiny_cfg(str(tmp_path / "x"))).state_dict()
     assert any(not torch.allclose(init[k].float(), a["model"][k].float()) for k in init if k in a["model"])

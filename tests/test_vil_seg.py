@@ -25,8 +25,8 @@ from ovss_d2.data.image_caption import register_image_caption_dataset, scan_tar_
 from ovss_d2.data.image_caption_mapper import colour_flip_transform
 from ovss_d2.engine import launch, load_config
 from ovss_d2.modeling.contrastive import MultiCropDistillation, cross_modal_info_nce
-from ovss_d2.modeling.grouping import (cluster_average, iic_joint_distribution, iic_loss, kmeans, mutual_information,
-                                       undo_hflip)
+from ovss_d2.modeling.clustering import (cluster_average, iic_joint_distribution, iic_loss, kmeans, mutual_information,
+                                         undo_hflip)
 
 
 # ---- IIC ---------------------------------------------------------------------------------------
@@ -332,7 +332,7 @@ def test_folder_and_table_sources(tmp_path):
 def test_paper_scale_model_builds():
     cfg = load_config(os.path.join(REPO, "configs", "vil_seg", "vil_seg_vitb16_cc12m.yaml"),
                       ["MODEL.DEVICE", "cpu", "DATASETS.TEST", "()"])
-    # 5e-4 per 256 images at the paper's batch 768 over its 48 GPUs (docs/vil_seg.md)
+    # 5e-4 per 256 images at the paper's batch 768 over its 48 GPUs (docs/methods/vil_seg.md)
     assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.IMS_PER_BATCH) == \
         (pytest.approx(5e-4 * 768 / 256), 0.04, 4000, 768)
     assert cfg.SOLVER.REFERENCE_WORLD_SIZE == 48

@@ -82,7 +82,7 @@ def app_cfg():
 
 def test_default_vocabulary_and_examples_come_from_toyworld(tmp_path):
     from detectron2.data import MetadataCatalog
-    from ovss_d2.data.toyworld import render_scene
+    from ovss_d2.toyworld import render_scene
 
     assert app.default_vocabulary(app_cfg()) == list(MetadataCatalog.get("toyworld_val").stuff_classes)
     paths = app.toyworld_examples(str(tmp_path), n=2)
@@ -323,7 +323,7 @@ def test_upload_type_classes_segment_download(page, predictor, tmp_path):
 
 
 def test_toyworld_example_with_the_default_vocabulary(page, predictor, tmp_path):
-    from ovss_d2.data.toyworld import render_scene
+    from ovss_d2.toyworld import render_scene
 
     vocabulary = app.default_vocabulary(app_cfg())
     page.fill("#classes textarea", ", ".join(vocabulary))

@@ -234,7 +234,7 @@ def gflops(model, images: torch.Tensor) -> float:
 
 def model_input(model, image: torch.Tensor, batch: int) -> torch.Tensor:
     """(B, 3, h, w) normalised images as the model's forward hands them to ``predict``."""
-    x = ((image.to(model.device).float() - model.pixel_mean) / model.pixel_std)[None]
+    x = model.normalize(image)[None]
     attr = resolution_attribute(model)
     if attr:
         x = model.resize_to(x, getattr(model, attr))

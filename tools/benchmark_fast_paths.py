@@ -15,7 +15,7 @@ class before rejection instead of for the kept classes only). For each: median l
 decoder share) and process CPU time (all threads; less sensitive to other jobs on a shared machine),
 speed-ups over the plain path, the memory a forward adds at its peak (peak minus the usage
 before it, from one untimed run per variant, which is also its warm-up), host-synchronising
-operators per forward (ovss_d2.modeling.fast_paths.HostSyncCounter), and the largest difference
+operators per forward (ovss_d2.utils.profiling.HostSyncCounter), and the largest difference
 (and the mean difference) of its class probabilities from the plain path's. Random weights;
 random text embeddings or, with --structured-text, some classes matching the image.
 """
@@ -35,7 +35,8 @@ import benchmark as bench  # noqa: E402  (tools/benchmark.py; it also puts the r
 import torch  # noqa: E402
 
 from ovss_d2.modeling import fast_paths as fp  # noqa: E402
-from ovss_d2.modeling.cost_aggregation import rejection  # noqa: E402
+from ovss_d2.modeling.cost_aggregation import class_selection  # noqa: E402
+from ovss_d2.utils.profiling import HostSyncCounter  # noqa: E402
 
 
 # ---- the class-rejection code before the performance work, for the "before" variant ----------
@@ -51,10 +52,10 @@ def topk_union_before(scores, k):
 
 def crm_scores_before(cost):
     b, _, n, _, _ = cost.shape
-    ranks = min(len(rejection.CRM_RANK_WEIGHTS), n)
+    ranks = min(len(class_selection.CRM_RANK_WEIGHTS), n)
     avg = cost[:, 0] if cost.shape[1] == 1 else cost.mean(dim=1)
     top = avg.topk(ranks, dim=1).indices
-    weights = torch.tensor(rejection.CRM_RANK_WEIGHTS[:ranks], device=cost.device)  # host -> device copy
+    weights = torch.tensor(class_selection.CRM_RANK_WEIGHTS[:ranks], device=cost.device)  # host -> device copy
     src = weights.view(1, ranks, 1, 1).expand(top.shape).reshape(b, -1)
     return torch.zeros(b, n, device=cost.device).scatter_add_(1, top.reshape(b, -1), src)
 
@@ -77,13 +78,13 @@ def sed_decoder_forward_before(self, cost, guidance, topk=None, class_chunk=0):
             keep = topk_union_before(scores, topk)
             if keep.numel() < kept.numel():
                 cur = kept.numel()
-                x = rejection.apply_class_selection(x, cur, keep)
-                cost_guid = cost_guid[:i] + [rejection.apply_class_selection(cg, cur, keep) for cg in cost_guid[i:]]
+                x = class_selection.select_class_rows(x, cur, keep)
+                cost_guid = cost_guid[:i] + [class_selection.select_class_rows(cg, cur, keep) for cg in cost_guid[i:]]
                 kept = kept[keep]
         x = layer(x, kept.numel(), guid[i], cost_guid[i])
     logits = self.head(x).view(b, kept.numel(), *x.shape[-2:])
     if kept.numel() < n:
-        logits = rejection.fill_rejected(logits, kept, n)
+        logits = class_selection.fill_rejected(logits, kept, n)
     return {"logits": logits, "aux": [], "kept": kept}
 
 
@@ -93,12 +94,12 @@ def code_before_this_work():
     ERR-Seg's CRM weights, SED's cost guidance for every class."""
     from ovss_d2.modeling.heads import SEDDecoder
 
-    saved = (SEDDecoder.forward, rejection.crm_scores)
-    SEDDecoder.forward, rejection.crm_scores = sed_decoder_forward_before, crm_scores_before
+    saved = (SEDDecoder.forward, class_selection.crm_scores)
+    SEDDecoder.forward, class_selection.crm_scores = sed_decoder_forward_before, crm_scores_before
     try:
         yield
     finally:
-        SEDDecoder.forward, rejection.crm_scores = saved
+        SEDDecoder.forward, class_selection.crm_scores = saved
 
 
 BEFORE = "fp32, rejection code before this work"
@@ -185,9 +186,7 @@ def main(argv=None):
     if args.compile:
         comp = copy.deepcopy(cl)
         comp.fast_paths = copy.copy(cl.fast_paths)
-        targets = [*fp.encoder_compile_targets(comp.clip), *comp.decoder.layers]
-        if hasattr(comp.decoder, "up"):
-            targets += list(comp.decoder.up)
+        targets = [*fp.encoder_compile_targets(comp.clip), *comp.decoder.compile_targets()]
         if fp.compile_modules(targets, args.compile_backend, "", device.type):
             variants.append(Variant(f"{amp} + channels-last + compile ({args.compile_backend})", comp, amp=True,
                                     compiled=True))
@@ -197,7 +196,7 @@ def main(argv=None):
     for v in variants:  # untimed: warm-up (compilation), peak memory, outputs, synchronisations
         # the counter's dispatch hook costs microseconds per operator; it would break the graph
         # capture of the compiled variant, which runs the same operators as its eager twin
-        counter = fp.HostSyncCounter() if not v.compiled else contextlib.nullcontext()
+        counter = HostSyncCounter() if not v.compiled else contextlib.nullcontext()
         with bench.PeakMemory(device) as mem, counter:
             t, stamps, out = run_once(v, batch, device)
         v.peak, v.first_s, v.kept = (mem.peak - mem.before) / 2**30, t, stamps.get("kept")

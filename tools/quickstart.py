@@ -51,7 +51,7 @@ def main():
     args = parser.parse_args()
     name, config, train = METHODS[METHOD]
     t0 = time.time()
-    from ovss_d2.data import toyworld
+    from ovss_d2 import toyworld
 
     print("[1/4] ToyWorld")
     root = toyworld.generate()

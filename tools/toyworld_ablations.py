@@ -27,7 +27,7 @@ other inference switches) is evaluated into ``<output-dir>/evals/<model>/<digest
 finished training or evaluation (its metrics and its time file on disk) is reused unless
 ``--force``; an interrupted one is run again from the start. Every row's first seed is run before
 any second seed. Seeds: ``SEED 1`` and ``SEED 2`` (ours; any two seeds other than the toy configs'
-42, whose runs are the README's table). ``--report-only`` writes the tables from the cache alone.
+42, whose runs are MODEL_ZOO.md's ToyWorld table). ``--report-only`` writes the tables from the cache alone.
 
 Tie rule (the issue's): an effect "A beats B" counts only when the difference of the two rows'
 seed means exceeds the larger of the two rows' seed spreads (max - min over the seeds); otherwise
@@ -476,7 +476,7 @@ def write_report(out: str, groups: Sequence[str], seeds: Sequence[int], seconds:
 
 def prepare_data() -> None:
     """ToyWorld and the tiny CLIP (both cached after their first build)."""
-    from ovss_d2.data.toyworld import generate, tiny_clip
+    from ovss_d2.toyworld import generate, tiny_clip
 
     print("[ToyWorld]", generate(), flush=True)
     print("[tiny CLIP]", tiny_clip.train_tiny_clip(), flush=True)

@@ -137,7 +137,7 @@ def table_header(datasets=EVAL_SETS) -> List[str]:
 
 def clip_report(path: str) -> Dict[str, Dict[str, float]]:
     """The tiny CLIP's zero-shot accuracies (cached next to the checkpoint)."""
-    from ovss_d2.data.toyworld import tiny_clip
+    from ovss_d2.toyworld import tiny_clip
 
     report_path = os.path.splitext(path)[0] + ".zero_shot.json"
     if os.path.isfile(report_path):
@@ -172,7 +172,7 @@ def main(argv=None):
     unknown = [k for k in keys if k not in METHODS]
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
-    from ovss_d2.data.toyworld import generate, tiny_clip
+    from ovss_d2.toyworld import generate, tiny_clip
 
     print("[ToyWorld]", generate(), flush=True)
     start = time.time()

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import ovss_d2  # noqa: E402,F401
-from ovss_d2.data.toyworld import tiny_clip  # noqa: E402
+from ovss_d2.toyworld import tiny_clip  # noqa: E402
 from toyworld_table import clip_lines, clip_report  # noqa: E402
 
 

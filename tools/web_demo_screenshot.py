@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Screenshot of the web demo (demo/app.py) as a user sees it, for the README: starts the app on a
+"""Screenshot of the web demo (demo/app.py) as a user sees it, for demo/README.md: starts the app on a
 free localhost port, opens it in headless Chromium (Debian's, driven by Playwright), picks a
 ToyWorld example, segments it with the default vocabulary and saves the page.
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Whether a ZeroSeg model's segments collapsed, and what it segments: one row of docs/zeroseg.md's
+"""Whether a ZeroSeg model's segments collapsed, and what it segments: one row of docs/methods/zeroseg.md's
 ablation table.
 
     python tools/zeroseg_diagnostics.py --config-file configs/toy/zeroseg_toy.yaml \\
@@ -45,7 +45,7 @@ from detectron2.data import MetadataCatalog  # noqa: E402
 
 from ovss_d2.data.io import read_label  # noqa: E402
 from ovss_d2.modeling.grouping import average_statistics, group_oracle_labels, segment_statistics  # noqa: E402
-from ovss_d2.modeling.grouping.diagnostics import DUPLICATE_COSINE  # noqa: E402
+from ovss_d2.modeling.grouping.collapse_diagnostics import DUPLICATE_COSINE  # noqa: E402
 from ovss_d2.modeling.meta_arch.zeroseg import is_background  # noqa: E402
 
 METRICS = ("mIoU", "mIoU-seen", "mIoU-unseen", "pACC")

@@ -40,6 +40,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from ..paths import IMAGE_CAPTION_INDEX, cache_path
 from .io import UnreadableImageError, read_image_rgb
 from .record_table import CATEGORY, INT, PATH, STR, RecordTable, TableBuilder, build_or_open
 
@@ -63,8 +64,7 @@ def _read_text(path: str) -> str:
 
 
 def _cache_root() -> str:
-    root = os.environ.get("OVSS_D2_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ovss_d2"))
-    return os.path.join(root, "image_caption_index")
+    return cache_path(IMAGE_CAPTION_INDEX)
 
 
 def _cache_path(kind: str, *key) -> str:
@@ -503,7 +503,7 @@ def register_builtin_image_caption() -> None:
         register_image_caption_dataset(
             name, folder,
             prepare_hint=(f"img2dataset --url_list <{sub}.tsv> --input_format tsv --url_col url --caption_col "
-                          f"caption --output_format webdataset --output_folder {folder} (see docs/vil_seg.md)"))
+                          f"caption --output_format webdataset --output_folder {folder} (see docs/methods/vil_seg.md)"))
 
 
 register_builtin_image_caption()

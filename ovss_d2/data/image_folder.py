@@ -1,17 +1,9 @@
 """Unlabeled images: a folder tree (ImageNet's ``train/<wnid>/*.JPEG`` or any layout) as a
-detectron2 dataset, and the centre-crop mapper ZeroSeg trains with."""
-import copy
+detectron2 dataset (ZeroSeg trains on them with :class:`~ovss_d2.data.center_crop_mapper.CenterCropImageMapper`)."""
 import os
 from typing import Dict, List, Optional
 
-import numpy as np
-import torch
-from detectron2.config import configurable
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data import transforms as T
-
-from .dataset_mapper import DATASET_MAPPER_REGISTRY
-from .io import read_image_rgb
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -41,42 +33,6 @@ def register_image_folder(name: str, root: str, prepare_hint: str = "") -> None:
 
     DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(image_root=root, evaluator_type="none")
-
-
-def center_crop_transform(height: int, width: int, size: int) -> T.Transform:
-    """Shortest edge resized to ``size`` (bilinear), then the central size x size crop."""
-    resize = T.ResizeShortestEdge(size, max_size=10**6).get_transform(np.zeros((height, width, 1), np.uint8))
-    h, w = resize.new_h, resize.new_w
-    return T.TransformList([resize, T.CropTransform((w - size) // 2, (h - size) // 2, size, size)])
-
-
-@DATASET_MAPPER_REGISTRY.register()
-class CenterCropImageMapper:
-    """Reads an image, resizes its shortest edge to ``size`` and takes the central square: ``image``
-    (3, size, size) uint8 RGB. With a ``teacher_cache`` (:class:`TeacherFeatureCache`) it also adds
-    ``teacher_features`` (V, D) float16, the cached teacher embeddings of the same crop."""
-
-    @configurable
-    def __init__(self, is_train: bool = True, *, size: int = 224, teacher_cache=None):
-        self.is_train, self.size, self.teacher_cache = is_train, size, teacher_cache
-
-    @classmethod
-    def from_config(cls, cfg, is_train: bool = True) -> Dict:
-        from .teacher_cache import TeacherFeatureCache
-
-        path = cfg.MODEL.ZEROSEG.TEACHER_CACHE if is_train else ""
-        return {"is_train": is_train, "size": cfg.INPUT.CENTER_CROP_SIZE,
-                "teacher_cache": TeacherFeatureCache.for_config(cfg, path) if path else None}
-
-    def __call__(self, dataset_dict: Dict) -> Optional[Dict]:
-        d = copy.deepcopy(dataset_dict)
-        image = read_image_rgb(d["file_name"])
-        image = center_crop_transform(*image.shape[:2], self.size).apply_image(image)
-        d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        d["height"], d["width"] = self.size, self.size
-        if self.teacher_cache is not None:
-            d["teacher_features"] = torch.from_numpy(np.array(self.teacher_cache[d["file_name"]]))
-        return d
 
 
 def register_builtin_image_folders(root: Optional[str] = None) -> None:

@@ -4,7 +4,8 @@ import fnmatch
 import glob
 import os
 import re
-from typing import List
+from contextlib import contextmanager
+from typing import Iterator, List
 
 import numpy as np
 from detectron2.utils.file_io import PathManager
@@ -120,10 +121,32 @@ def check_label_classes(num_classes: int) -> None:
 def save_label(label: np.ndarray, num_classes: int, path: str) -> None:
     """(H, W) class ids as a grey PNG (:func:`read_label` reads it back): 8-bit for up to 255
     classes, 16-bit above; written atomically (a file at ``path`` is complete)."""
-    from .datasets.preparation import write_label_png
-
     check_label_classes(num_classes)
     write_label_png(path, np.ascontiguousarray(label, dtype=np.uint8 if num_classes <= 255 else np.uint16))
+
+
+# ---- atomic writing ------------------------------------------------------------------------------
+@contextmanager
+def atomic_output(path: str) -> Iterator[str]:
+    """Yields a temporary path beside ``path`` and renames it to ``path`` once the block has written
+    it: an output that exists is complete, even after a kill."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.part"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_label_png(path: str, label: np.ndarray) -> None:
+    """(H, W) label map as a grey PNG: 8-bit for uint8 maps, 16-bit for uint16 maps (> 255 classes,
+    ignore 65535). Other dtypes are refused (no silent wrap-around)."""
+    if label.ndim != 2 or label.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"{path}: label maps are (H, W) uint8 or uint16, got {label.shape} {label.dtype}")
+    with atomic_output(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(label)).save(tmp, format="PNG")
 
 
 _MAGIC = re.compile(r"[*?[]")

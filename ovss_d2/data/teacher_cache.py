@@ -28,6 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from ..modeling.clip.weights import weights_tag_file
 from .record_table import INT, PATH, RecordTable, TableBuilder
 
 logger = logging.getLogger(__name__)
@@ -270,12 +271,11 @@ def teacher_view_size(cfg) -> int:
 
 
 def teacher_name(cfg) -> str:
-    """What identifies the teacher's weights in a cache's description. ``toyworld`` names the
-    checkpoint file it stands for (its name carries the tiny CLIP's training settings), so a cache
-    made with another recipe's teacher is refused."""
+    """What identifies the teacher's weights in a cache's description. A registered weights tag
+    (``toyworld``) names the checkpoint file it stands for (its name carries the tiny CLIP's
+    training settings), so a cache made with another recipe's teacher is refused."""
     name, pretrained = cfg.MODEL.CLIP.NAME, cfg.MODEL.CLIP.PRETRAINED
-    if pretrained == "toyworld":
-        from .toyworld.tiny_clip import default_checkpoint_path
-
-        pretrained = f"toyworld:{os.path.basename(default_checkpoint_path(name))}"
+    path = weights_tag_file(pretrained, name)
+    if path is not None:
+        pretrained = f"{pretrained}:{os.path.basename(path)}"
     return f"{name}:{pretrained}"

@@ -100,7 +100,7 @@ def skip_initial_clip_weights(cfg: CfgNode, weights: str) -> CfgNode:
     model must run on a machine without them. What no checkpoint stores is kept: QuickGELU, which
     an open_clip tag implies, goes to MODEL.CLIP.QUICK_GELU; a local CLIP file that exists is still
     read (its layout decides QuickGELU). Changes ``cfg`` in place (unfrozen); returns it."""
-    from ..modeling.clip.wrapper import NO_WEIGHTS
+    from ..modeling.clip.weights import NO_WEIGHTS, is_weights_tag
 
     clip = cfg.MODEL.CLIP
     pretrained = str(clip.PRETRAINED)
@@ -111,7 +111,7 @@ def skip_initial_clip_weights(cfg: CfgNode, weights: str) -> CfgNode:
     if os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
         logger.warning(f"MODEL.CLIP.PRETRAINED {pretrained} does not exist; the CLIP weights come from {weights}. "
                        f"If that file was an OpenAI-layout checkpoint, set MODEL.CLIP.QUICK_GELU True.")
-    elif pretrained != "toyworld":
+    elif not is_weights_tag(pretrained):
         import open_clip
 
         tag = open_clip.get_pretrained_cfg(clip.NAME, pretrained)

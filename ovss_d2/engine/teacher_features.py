@@ -8,11 +8,12 @@ from detectron2.data import DatasetCatalog
 from detectron2.utils import comm
 from torch.utils.data import DataLoader
 
-from ..data.image_folder import CenterCropImageMapper
+from ..data.center_crop_mapper import CenterCropImageMapper
 from ..data.io import UnreadableImageError
 from ..data.teacher_cache import cache_description, finalize, teacher_name, teacher_view_size, write_shards
 from ..modeling.clip import CLIPWrapper
 from ..modeling.distillation import num_views, teacher_view_features
+from ..modeling.meta_arch.base import normalize_images
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,6 @@ def build_teacher_cache(cfg, output: str, dataset: Optional[str] = None, shard_s
     records = DatasetCatalog.get(dataset)
     device = torch.device(cfg.MODEL.DEVICE if torch.cuda.is_available() else "cpu")
     clip = CLIPWrapper.from_config(cfg).to(device).eval()
-    mean = torch.tensor(clip.pixel_mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(clip.pixel_std, device=device).view(1, 3, 1, 1)
     grids, size = list(z.GRIDS), teacher_view_size(cfg)
 
     def compute(part):
@@ -55,7 +54,7 @@ def build_teacher_cache(cfg, output: str, dataset: Optional[str] = None, shard_s
                             num_workers=cfg.DATALOADER.NUM_WORKERS)
         feats = []
         for images, readable in loader:
-            x = (images.to(device).float() - mean) / std
+            x = normalize_images(images.to(device), clip.pixel_mean, clip.pixel_std)
             f = teacher_view_features(clip, x, grids, size) * readable.to(device).view(-1, 1, 1)
             feats.append(f.cpu().numpy())
         return np.concatenate(feats)

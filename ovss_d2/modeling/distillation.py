@@ -1,6 +1,6 @@
 """Multi-scale CLIP feature distillation (ZeroSeg): grid views of an image, their teacher
 embeddings, the two distillation losses of the paper and the segment-matching variants that are
-not in it (config switches, ``MODEL.ZEROSEG.MATCHING``; docs/zeroseg.md measures each).
+not in it (config switches, ``MODEL.ZEROSEG.MATCHING``; docs/methods/zeroseg.md measures each).
 
 View order, used by the cache and the losses alike: grid g = 1, 2, 3, 4 in ``grids`` order, each
 grid's cells in raster order. With the default grids (1, 2, 3, 4) that is 1 + 4 + 9 + 16 = 30 views,

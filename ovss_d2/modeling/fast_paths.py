@@ -9,7 +9,8 @@
   impossible (no ``torch.compile``, no C++ compiler for inductor on the CPU, no Triton on CUDA)
   it is skipped with a warning; a backend failure at run time falls back to eager.
 * ``TEST.CLASS_CHUNK_SIZE``: the decoder's per-class layers process the vocabulary this many
-  classes at a time at inference, which bounds peak memory at large vocabularies (same outputs).
+  classes at a time at inference, which bounds peak memory at large vocabularies (same outputs;
+  ``cost_aggregation/class_chunks.py``).
 
 None of them changes a parameter or a config default: with all of them off the model runs exactly
 the plain fp32 path.
@@ -131,79 +132,3 @@ def apply_fast_paths(model: nn.Module, fast: FastPaths, decoder_modules: Iterabl
     if fast.compile:
         compile_modules([*encoder_compile_targets(model.clip), *decoder_modules], fast.compile_backend,
                         fast.compile_mode, fast.device_type)
-
-
-def chunked_over_classes(fn, x: torch.Tensor, num_classes: int, chunk: int, *per_class: torch.Tensor):
-    """``fn(x, *per_class)`` for maps with the class axis folded into the batch, ``(B*N, ...)``
-    rows ordered image-major, computed ``chunk`` classes at a time: every chunk holds the same
-    classes of every image, so ``fn`` may repeat per-image tensors by ``rows // B`` as usual.
-    ``fn`` must treat rows independently; the result equals ``fn(x, *per_class)``. ``chunk`` 0 or
-    >= ``num_classes``: one call. Returns (B*N, ...) in ``fn``'s output dtype and memory order."""
-    if not chunk or chunk >= num_classes:
-        return fn(x, *per_class)
-    b = x.shape[0] // num_classes
-    out = None
-    for s in range(0, num_classes, chunk):
-        e = min(s + chunk, num_classes)
-
-        def rows(t):
-            return t.view(b, num_classes, *t.shape[1:])[:, s:e].flatten(0, 1)
-
-        y = fn(rows(x), *(rows(t) for t in per_class))
-        if out is None:
-            cl = y.dim() == 4 and not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last)
-            out = torch.empty((b * num_classes, *y.shape[1:]), dtype=y.dtype, device=y.device,
-                              memory_format=torch.channels_last if cl else torch.contiguous_format)
-        out.view(b, num_classes, *y.shape[1:])[:, s:e] = y.view(b, e - s, *y.shape[1:])
-    return out
-
-
-class HostSyncCounter:
-    """Counts, inside its ``with`` block, the operators that make the host wait for the device
-    (on an accelerator; on the CPU they are merely counted, so tests can check the forward
-    device-independently): data-dependent output shapes (``nonzero``, boolean-mask indexing,
-    ``masked_select``, ``unique``, ``repeat_interleave`` without ``output_size``), scalar reads
-    (``.item()``, ``float(t)``, ``bool(t)``), tensors built from Python data (``torch.tensor([...])``:
-    a host-to-device copy on an accelerator) and copies between devices. ``.tolist()`` bypasses
-    the dispatcher and is not seen. ``counts``: operator name -> calls."""
-
-    SYNC_OPS = ("aten::nonzero", "aten::_local_scalar_dense", "aten::is_nonzero", "aten::masked_select",
-                "aten::_unique2", "aten::unique_dim", "aten::unique_consecutive", "aten::lift_fresh")
-
-    def __init__(self):
-        self.counts = {}
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def _record(self, func, args, kwargs) -> None:
-        name = func._schema.name
-        hit = name in self.SYNC_OPS
-        if name == "aten::index" and len(args) > 1:
-            hit = any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1] or ())
-        elif name == "aten::repeat_interleave":  # tensor repeats: the output size is read from them
-            hit = func._overloadname in ("Tensor", "self_Tensor") and (kwargs or {}).get("output_size") is None
-        elif name in ("aten::_to_copy", "aten::copy_") and args and isinstance(args[0], torch.Tensor):
-            other = (kwargs or {}).get("device") if name == "aten::_to_copy" else (
-                args[1].device if len(args) > 1 and isinstance(args[1], torch.Tensor) else None)
-            hit = other is not None and torch.device(other) != args[0].device
-        if hit:
-            self.counts[name] = self.counts.get(name, 0) + 1
-
-    def __enter__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        counter = self
-
-        class _Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                counter._record(func, args, kwargs)
-                return func(*args, **(kwargs or {}))
-
-        self._mode = _Mode()
-        self._mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._mode.__exit__(*exc)

@@ -19,13 +19,14 @@ import multiprocessing as mp
 import os
 import sys
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from ..io import atomic_output, write_label_png  # noqa: F401 (write_label_png: conversions.py imports it from here)
 
 PREPARED_MARKER = "prepared.json"
 MARKER_FORMAT = 1
@@ -107,29 +108,6 @@ def read_id_list(path: str) -> List[str]:
 
 
 # ---- writing -----------------------------------------------------------------------------------
-@contextmanager
-def atomic_output(path: str) -> Iterator[str]:
-    """Yields a temporary path beside ``path`` and renames it to ``path`` once the block has written
-    it: an output that exists is complete, even after a kill."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.part"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_label_png(path: str, label: np.ndarray) -> None:
-    """(H, W) label map as a grey PNG: 8-bit for uint8 maps, 16-bit for uint16 maps (> 255 classes,
-    ignore 65535). Other dtypes are refused (no silent wrap-around)."""
-    if label.ndim != 2 or label.dtype not in (np.uint8, np.uint16):
-        raise TypeError(f"{path}: label maps are (H, W) uint8 or uint16, got {label.shape} {label.dtype}")
-    with atomic_output(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(label)).save(tmp, format="PNG")
-
-
 def write_jpeg(path: str, image: np.ndarray) -> None:
     """(H, W, 3) or (H, W) uint8 image as JPEG (Pillow's default quality, as the official scripts)."""
     with atomic_output(path) as tmp:

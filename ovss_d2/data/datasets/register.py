@@ -1,8 +1,11 @@
-"""Registering semantic-segmentation datasets (a folder of images and a folder of label maps), and
-checking at start-up that a registered dataset is there and completely prepared."""
+"""Registering semantic-segmentation datasets (a folder of images and a folder of label maps),
+checking at start-up that a registered dataset is there and completely prepared, and the one entry
+point of the built-in datasets: each source (the benchmarks, ToyWorld) adds the function that
+registers its datasets with :func:`add_builtin_datasets`; ``import ovss_d2`` then calls
+:func:`register_builtin_datasets` once."""
 import json
 import os
-from typing import Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Set
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_sem_seg
@@ -10,6 +13,30 @@ from detectron2.data.datasets import load_sem_seg
 
 class DatasetNotReadyError(FileNotFoundError):
     """A registered dataset is missing or half-prepared (the message names the path and the fix)."""
+
+
+_builtin_sources: Dict[str, Callable[[], object]] = {}  # source name -> registers its datasets (default roots)
+_builtin_registered: Set[str] = set()  # the sources whose datasets are registered in this process
+_builtin_started = False  # register_builtin_datasets has run: sources added later register at once
+
+
+def add_builtin_datasets(source: str, register: Callable[[], object]) -> None:
+    """Add a source of built-in datasets: ``register()`` registers all of them under their default
+    roots. They are registered by :func:`register_builtin_datasets`, or at once if it has run."""
+    _builtin_sources[source] = register
+    if _builtin_started:
+        register_builtin_datasets()
+
+
+def register_builtin_datasets() -> None:
+    """Register the datasets of every source added with :func:`add_builtin_datasets`, each source
+    once per process (``import ovss_d2`` calls it)."""
+    global _builtin_started
+    _builtin_started = True
+    for source, register in list(_builtin_sources.items()):
+        if source not in _builtin_registered:
+            register()
+            _builtin_registered.add(source)
 
 
 def register_sem_seg_dataset(name: str, image_root: str, gt_root: str, class_names: Sequence[str], *,

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ...paths import TEXT_EMBEDDINGS, cache_path
 from ...utils.vocabulary import check_vocabulary
 from .templates import validate_templates
 
@@ -21,8 +22,8 @@ _UNWRITABLE_WARNED: Set[str] = set()  # cache folders already reported unwritabl
 
 
 def default_cache_dir() -> str:
-    root = os.environ.get("OVSS_D2_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ovss_d2"))
-    return os.path.join(root, "text_embeddings")
+    """``$OVSS_D2_CACHE/text_embeddings``."""
+    return cache_path(TEXT_EMBEDDINGS)
 
 
 def split_synonyms(class_name: str) -> List[str]:

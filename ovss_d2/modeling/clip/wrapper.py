@@ -1,9 +1,7 @@
-"""The CLIP wrapper every method builds on: one open_clip model, its weights from a tag, a local
-file or nowhere, dense visual features per stage, and text embeddings."""
-import copy
+"""The CLIP wrapper every method builds on: one open_clip model, its weights (resolved by
+:mod:`.weights`: a tag, a local file or nowhere), dense visual features per stage, and text embeddings."""
 import hashlib
 import logging
-import os
 import re
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional, Sequence
@@ -13,100 +11,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import load_clip_state_dict, read_clip_checkpoint
+from .weights import is_weights_tag, resolve_clip_weights
 
 logger = logging.getLogger(__name__)
-
-NO_WEIGHTS = ("", "none", "random")
-
-
-class CLIPWeightsUnavailable(RuntimeError):
-    """An open_clip pretrained tag whose weights are neither cached nor downloadable."""
-
-
-def _cached_tag_file(cfg: Dict, cache_dir: Optional[str]) -> Optional[str]:
-    """The local file of an open_clip tag if a previous download left it in a cache."""
-    hub = cfg.get("hf_hub", "")
-    if hub:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:  # pragma: no cover
-            try_to_load_from_cache = None
-        if try_to_load_from_cache is not None:
-            repo_id, filename = os.path.split(hub)  # "org/repo/" -> the repo's default file names
-            names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-            for name in names:
-                hit = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir or None)
-                if isinstance(hit, str) and os.path.isfile(hit):
-                    return hit
-    url = cfg.get("url", "")
-    if url:
-        path = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(url))
-        if os.path.isfile(path):
-            return path
-    return None
-
-
-def _reachable(url: str, timeout: float = 3.0) -> bool:
-    import socket
-    from urllib.parse import urlparse
-
-    host = urlparse(url).hostname
-    if not host:
-        return False
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _resolve_tag(name: str, tag: str, cache_dir: Optional[str]):
-    """Path of the cached (or freshly downloaded) file of an open_clip pretrained tag. Offline and
-    not cached, it fails at once (no download retries) saying how to pass a local file."""
-    import open_clip
-    from open_clip.pretrained import download_pretrained
-
-    cfg = open_clip.get_pretrained_cfg(name, tag)
-    if not cfg:
-        known = open_clip.list_pretrained_tags_by_model(name)
-        raise ValueError(
-            f"MODEL.CLIP.PRETRAINED={tag!r} is neither an existing file nor an open_clip tag of "
-            f"{name!r} (known tags: {known}). Use a tag, a path to a local checkpoint, or 'none'."
-        )
-    quick_gelu = bool(cfg.get("quick_gelu", False))
-    path = _cached_tag_file(cfg, cache_dir)
-    if path:
-        return path, quick_gelu
-    source = ("https://huggingface.co/" + cfg["hf_hub"]) if cfg.get("hf_hub") else cfg.get("url", "")
-    err = "no network access to " + source
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    if not offline and _reachable(source):
-        try:
-            path = download_pretrained(cfg, cache_dir=cache_dir or None)
-        except Exception as e:  # noqa: BLE001 - every download failure means the same to the user
-            err = str(e)
-    if not path or not os.path.isfile(path):
-        raise CLIPWeightsUnavailable(
-            f"open_clip weights {name}/{tag} are not cached and cannot be downloaded here ({err}). "
-            f"On a machine with internet, get them (open_clip.create_model({name!r}, "
-            f"pretrained={tag!r}) caches them; source: {source}), copy the file over and set "
-            f"MODEL.CLIP.PRETRAINED /path/to/that/file (open_clip or OpenAI layout)."
-        )
-    return path, quick_gelu
-
-
-def _toyworld_checkpoint(name: str) -> str:
-    """``MODEL.CLIP.PRETRAINED toyworld``: the tiny CLIP trained on ToyWorld by
-    ``tools/train_tiny_clip.py`` (or ``make quickstart``), from the cache."""
-    from ...data.toyworld.tiny_clip import default_checkpoint_path
-
-    path = default_checkpoint_path(name)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"MODEL.CLIP.PRETRAINED=toyworld: no ToyWorld-trained {name} at {path}. Train it with "
-            f"`python tools/train_tiny_clip.py --model {name}` (or `make quickstart`), or pass a file."
-        )
-    return path
 
 
 def _interpolate_pos_embed(pos: torch.Tensor, grid: Sequence[int], new_grid: Sequence[int]) -> torch.Tensor:
@@ -200,22 +107,13 @@ class CLIPWrapper(nn.Module):
                 f"MODEL.CLIP.NAME={name!r} is not an open_clip model. Known: see open_clip.list_models()."
             )
         pretrained = str(pretrained)
-        state_dict, path = None, None
-        if pretrained.lower() not in NO_WEIGHTS:
-            if pretrained == "toyworld":
-                pretrained = _toyworld_checkpoint(name)
-            if os.path.isfile(os.path.expanduser(pretrained)):
-                path = os.path.expanduser(pretrained)
-            elif os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
-                raise FileNotFoundError(
-                    f"MODEL.CLIP.PRETRAINED={pretrained!r}: no such file. Give the path of a local "
-                    "CLIP checkpoint (open_clip or OpenAI layout), an open_clip tag, or 'none'."
-                )
-            else:
-                path, tag_quick_gelu = _resolve_tag(name, pretrained, cache_dir)
-                quick_gelu = quick_gelu or tag_quick_gelu
+        path, tag_quick_gelu = resolve_clip_weights(name, pretrained, cache_dir)  # path None: no weights
+        state_dict = None
+        if path is not None:
+            if is_weights_tag(pretrained):
+                pretrained = path  # the file a registered tag (e.g. ``toyworld``) stands for
             state_dict, layout = read_clip_checkpoint(path)
-            quick_gelu = quick_gelu or layout == "openai"
+            quick_gelu = quick_gelu or tag_quick_gelu or layout == "openai"
         with _silenced(RANDOM_INIT_MESSAGE, logging.getLogger()):  # built without weights on purpose
             self.model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu,
                                                 **_tower_overrides(name, drop_path, head_dropout))
@@ -411,37 +309,6 @@ class CLIPWrapper(nn.Module):
         visual = self.model.visual
         x = visual.trunk.head.norm(visual.trunk.norm_pre(x))
         return visual.head(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-    def add_stride1_downsample(self) -> nn.Module:
-        """ERR-Seg's stride-1 down-sampling, ``visual.modify_downsample`` as in the authors'
-        open_clip: LayerNorm2d, zero padding of 1, the 2x2 conv at stride 1 (C4 -> C5). A module of
-        its own, initialised from the last stage's down-sampling (the CLIP weights loaded), so that
-        it can be frozen or trained apart from it. ConvNeXt only; idempotent."""
-        visual = self.model.visual
-        if self.kind != "convnext":
-            raise NotImplementedError("The stride-1 down-sampling (ERR-Seg) needs a ConvNeXt CLIP.")
-        if not hasattr(visual, "modify_downsample"):
-            norm, conv = visual.trunk.stages[3].downsample
-            stride1 = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=1,
-                                bias=conv.bias is not None)
-            stride1.load_state_dict(conv.state_dict())
-            visual.modify_downsample = nn.Sequential(copy.deepcopy(norm), nn.ZeroPad2d((1, 1, 1, 1)), stride1)
-            visual.modify_downsample.requires_grad_(conv.weight.requires_grad)
-        return visual.modify_downsample
-
-    def dense_embedding_stride16(self, feats: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """ERR-Seg's hierarchical semantics: joint-space embeddings at stride 16, (B, D, H/16, W/16).
-
-        res4 goes through :meth:`add_stride1_downsample`'s module, is resized back to the res4 grid
-        (bilinear), then through the last stage's blocks and the CLIP head."""
-        visual = self.model.visual
-        if not hasattr(visual, "modify_downsample"):
-            raise RuntimeError("Stride-16 dense embeddings need the stride-1 down-sampling: call "
-                               "CLIPWrapper.add_stride1_downsample() when building the model (ERR-Seg does).")
-        res4 = feats["res4"]
-        x = F.interpolate(visual.modify_downsample(res4), size=res4.shape[-2:], mode="bilinear",
-                          align_corners=False)
-        return self._convnext_head(visual.trunk.stages[3].blocks(x))
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Global image embeddings (B, D) at any input size (position embeddings interpolated)."""

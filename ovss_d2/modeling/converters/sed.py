@@ -1,4 +1,5 @@
-"""The official SED checkpoint layout (``xb534/SED``) -> ovss-d2's ``SED``."""
+"""The official SED checkpoint layout (``xb534/SED``), and ovss-d2's earlier one, -> ovss-d2's ``SED``."""
+import re
 from typing import Dict, Optional
 
 import torch
@@ -20,14 +21,22 @@ RULES = [
 ]
 # inside one decoder layer
 LAYER_RULES = [
-    (r"(decoder\.layers\.\d)\.up\.(weight|bias)", r"\1.up.\2"),
-    (r"(decoder\.layers\.\d)\.conv\.double_conv\.(\d)\.(weight|bias)", r"\1.fuse.convs.\2.\3"),
+    (r"(decoder\.layers\.\d)\.up\.(weight|bias)", r"\1.skip_fusion.up_conv.\2"),
+    (r"(decoder\.layers\.\d)\.conv\.double_conv\.(\d)\.(weight|bias)", r"\1.skip_fusion.fuse.\2.\3"),
     (r"(decoder\.layers\.\d)\.cnext\.(gamma|dwconv\.weight|dwconv\.bias|norm\.weight|norm\.bias|"
      r"pwconv1\.weight|pwconv1\.bias|pwconv2\.weight|pwconv2\.bias)", r"\1.spatial.\2"),
-    (r"(decoder\.layers\.\d)\.attention\.attention\.([qkv])\.(weight|bias)", r"\1.class_attn.\2.\3"),
-    (r"(decoder\.layers\.\d)\.attention\.MLP\.([02])\.(weight|bias)", r"\1.class_attn.mlp.\2.\3"),
-    (r"(decoder\.layers\.\d)\.attention\.norm([12])\.(weight|bias)", r"\1.class_attn.norm\2.\3"),
+    (r"(decoder\.layers\.\d)\.attention\.attention\.([qkv])\.(weight|bias)", r"\1.class_attn.block.\2.\3"),
+    (r"(decoder\.layers\.\d)\.attention\.MLP\.([02])\.(weight|bias)", r"\1.class_attn.block.mlp.\2.\3"),
+    (r"(decoder\.layers\.\d)\.attention\.norm([12])\.(weight|bias)", r"\1.class_attn.block.norm\2.\3"),
     (r"((?!decoder\.layers\.).+)", r"\1"),
+]
+# ovss-d2's own SED layout before the decoders shared their class mixer and upsampling block
+# (checkpoints trained with it load as they are)
+EARLY_LAYOUT_RULES = [
+    (r"(decoder\.layers\.\d+)\.up\.(weight|bias)", r"\1.skip_fusion.up_conv.\2"),
+    (r"(decoder\.layers\.\d+)\.fuse\.convs\.(.+)", r"\1.skip_fusion.fuse.\2"),
+    (r"(decoder\.layers\.\d+)\.class_attn\.((?:[qkv]|mlp\.\d|norm[12])\.(?:weight|bias))", r"\1.class_attn.block.\2"),
+    (r"(.+)", r"\1"),
 ]
 
 
@@ -40,6 +49,15 @@ def convert_sed_official(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch
     :class:`UnmappedKeyError` naming it."""
     out = rename_keys(state_dict, RULES, "official SED")
     return rename_keys(out, LAYER_RULES, "official SED")
+
+
+def is_sed_early_layout(state_dict: Dict[str, torch.Tensor]) -> bool:
+    return any(re.fullmatch(r"decoder\.layers\.\d+\.fuse\.convs\.\d\.weight", k) for k in state_dict)
+
+
+@register_checkpoint_converter
+def sed_early_layout(state_dict: Dict[str, torch.Tensor]) -> Optional[Dict[str, torch.Tensor]]:
+    return rename_keys(state_dict, EARLY_LAYOUT_RULES, "ovss-d2 SED") if is_sed_early_layout(state_dict) else None
 
 
 @register_checkpoint_converter

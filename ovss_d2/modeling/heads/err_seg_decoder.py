@@ -1,34 +1,25 @@
 """ERR-Seg's decoder: two-scale cost maps merged FPN-style (HSM), channel reduction of the
-vocabulary (CRM), efficient spatial and class fusion (ESCF) and gradual upsampling (GUD)."""
+vocabulary (CRM), efficient spatial and class fusion (ESCF) and gradual upsampling (GUD).
+Registered as ``ERRSegDecoder`` in detectron2's ``SEM_SEG_HEADS_REGISTRY``."""
 from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
-from ..cost_aggregation import ClassFusion, CostEmbedding, SpatialFusion, UpBlock, crm_select, fill_rejected
-from ..fast_paths import chunked_over_classes
+from ..clip import resolve_templates
+from ..cost_aggregation import (CostEmbedding, ESCFLayer, GuidedUpsampling, chunked_over_classes, crm_select,
+                                fill_rejected, select_classes)
 
 # The logit of the classes CRM drops, the authors' value. It matters in training: a ground-truth
 # class dropped because an image has more than K of them costs BCE 100 on each of its pixels.
 DROPPED_LOGIT = -100.0
 
 
-class ERRSegLayer(nn.Module):
-    """One aggregator layer: spatial fusion (per class; ``class_chunk`` classes at a time when > 0),
-    then class fusion."""
-
-    def __init__(self, dim: int, num_heads: int, sr_ratio: int, drop_path: float, pool: Sequence[int]):
-        super().__init__()
-        self.spatial = SpatialFusion(dim, num_heads, sr_ratio, drop_path)
-        self.klass = ClassFusion(dim, num_heads, pool, drop_path)
-
-    def forward(self, x, image_guidance, text_guidance, class_chunk: int = 0):
-        x = chunked_over_classes(lambda rows: self.spatial(rows, image_guidance), x, text_guidance.shape[1],
-                                 class_chunk)
-        return self.klass(x, text_guidance)
-
-
+@SEM_SEG_HEADS_REGISTRY.register()
 class ERRSegDecoder(nn.Module):
     """
     Args:
@@ -40,6 +31,7 @@ class ERRSegDecoder(nn.Module):
         decoder_dims, guidance_proj_dims: GUD widths (64, 32, 16) and guidance widths (32, 16, 8).
     """
 
+    @configurable
     def __init__(self, num_templates: int, stage_dims: Sequence[int], text_dim: int, cost_dim: int = 256,
                  fusion_dim: int = 128, num_layers: int = 4, sr_ratios: Sequence[int] = (2, 2, 2, 2),
                  num_heads: int = 4, decoder_dims: Sequence[int] = (64, 32, 16),
@@ -58,11 +50,28 @@ class ERRSegDecoder(nn.Module):
             for d, dp in zip(stage_dims[:3][::-1], guidance_proj_dims))
         self.text_guidance_proj = nn.Sequential(nn.Linear(text_dim, fusion_dim), nn.GELU())
         self.layers = nn.ModuleList(
-            ERRSegLayer(fusion_dim, num_heads, sr_ratios[i], drop_path_step * i, pool) for i in range(num_layers))
+            ESCFLayer(fusion_dim, num_heads, sr_ratios[i], drop_path_step * i, pool) for i in range(num_layers))
         dims = [fusion_dim] + list(decoder_dims)
-        self.up = nn.ModuleList(UpBlock(dims[i], dims[i + 1], guidance_proj_dims[i], up=i > 0)
+        self.up = nn.ModuleList(GuidedUpsampling(dims[i], dims[i + 1], guidance_proj_dims[i], dims[i + 1],
+                                                 group_channels=8, upsample=i > 0)
                                 for i in range(len(decoder_dims)))
         self.head = nn.Conv2d(dims[-1], 1, 1)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]) -> Dict:
+        """``MODEL.ERR_SEG``; ``input_shape``: the CLIP features' (``heads.build.clip_feature_shapes``)."""
+        e = cfg.MODEL.ERR_SEG
+        return {
+            "num_templates": len(resolve_templates(cfg.MODEL.TEXT.TEMPLATES, cfg.MODEL.TEXT.CUSTOM_TEMPLATES)),
+            "stage_dims": [input_shape[f"res{i}"].channels for i in (2, 3, 4, 5)],
+            "text_dim": input_shape["dense_embedding"].channels,
+            "cost_dim": e.COST_DIM, "fusion_dim": e.FUSION_DIM, "num_layers": e.NUM_LAYERS, "sr_ratios": e.SR_RATIOS,
+            "num_heads": e.NUM_HEADS, "decoder_dims": e.DECODER_DIMS, "guidance_proj_dims": e.GUIDANCE_PROJ_DIMS,
+        }
+
+    def compile_targets(self) -> List[nn.Module]:
+        """The per-class layers ``MODEL.COMPILE`` compiles."""
+        return [*self.layers, *self.up]
 
     def forward(self, costs: List[torch.Tensor], text: torch.Tensor, feats: Dict[str, torch.Tensor],
                 num_kept: Optional[int] = None, gt_classes: Optional[torch.Tensor] = None,
@@ -84,14 +93,13 @@ class ERRSegDecoder(nn.Module):
         b, _, n = costs[0].shape[:3]
         c = self.guidance_clamp
         res5, res4, res3, res2 = (feats[k].clamp(-c, c) for k in ("res5", "res4", "res3", "res2"))
+        text = text.expand(b, -1, -1, -1)
         if num_kept is not None and num_kept < n:
             kept = crm_select(costs[0], num_kept, gt_classes)  # (B, K)
-            costs = [cm.gather(2, kept.view(b, 1, -1, 1, 1).expand(-1, cm.shape[1], -1, *cm.shape[-2:]))
-                     for cm in costs]
-            text = text.expand(b, -1, -1, -1).gather(1, kept.view(b, -1, 1, 1).expand(-1, -1, *text.shape[-2:]))
+            costs = [select_classes(cm, kept, dim=2) for cm in costs]
+            text = select_classes(text, kept)
         else:
             kept = torch.arange(n, device=costs[0].device).expand(b, n)
-            text = text.expand(b, -1, -1, -1)
         k = kept.shape[1]
         chunk = 0 if self.training else class_chunk
 

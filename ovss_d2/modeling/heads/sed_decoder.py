@@ -1,15 +1,21 @@
 """SED's decoder: cost-map embedding, three gradual-fusion layers with category early rejection,
-and per-class mask heads."""
+and per-class mask heads. Registered as ``SEDDecoder`` in detectron2's ``SEM_SEG_HEADS_REGISTRY``."""
 from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
-from ..cost_aggregation import (CostEmbedding, GradualFusionLayer, apply_class_selection, fill_rejected,
-                                topk_union)
-from ..fast_paths import chunked_over_classes
+from ..clip import resolve_templates
+from ..cost_aggregation import (CostEmbedding, GradualFusionLayer, chunked_over_classes, fill_rejected,
+                                select_class_rows, topk_union)
+
+GUIDANCE_FEATURES = ("res4", "res3", "res2")  # the skip-layer guidance, coarse to fine
 
 
+@SEM_SEG_HEADS_REGISTRY.register()
 class SEDDecoder(nn.Module):
     """Gradual fusion decoder (SED, CVPR 2024).
 
@@ -25,6 +31,7 @@ class SEDDecoder(nn.Module):
         test_pool: the pooling at inference (the authors' eval.sh: 1x1); None: ``pool``.
     """
 
+    @configurable
     def __init__(self, num_templates: int, guidance_dims: Sequence[int], hidden_dim: int = 128,
                  decoder_dims: Sequence[int] = (64, 32, 16), guidance_proj_dims: Sequence[int] = (32, 16, 8),
                  kernel_sizes: Sequence[int] = (9, 9, 9), num_heads: int = 4, pool: Sequence[int] = (2, 2),
@@ -46,6 +53,26 @@ class SEDDecoder(nn.Module):
             for i in range(len(decoder_dims)))
         self.aux_heads = nn.ModuleList(nn.Conv2d(dims[i], 1, 3, padding=1) for i in range(len(decoder_dims)))
         self.head = nn.Conv2d(dims[-1], 1, 3, padding=1)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]) -> Dict:
+        """``MODEL.SED``; ``input_shape``: the CLIP features' (``heads.build.clip_feature_shapes``)."""
+        sed = cfg.MODEL.SED
+        return {
+            "num_templates": len(resolve_templates(cfg.MODEL.TEXT.TEMPLATES, cfg.MODEL.TEXT.CUSTOM_TEMPLATES)),
+            "guidance_dims": [input_shape[k].channels for k in GUIDANCE_FEATURES],
+            "hidden_dim": sed.HIDDEN_DIM,
+            "decoder_dims": sed.DECODER_DIMS,
+            "guidance_proj_dims": sed.GUIDANCE_PROJ_DIMS,
+            "kernel_sizes": sed.KERNEL_SIZES,
+            "num_heads": sed.NUM_HEADS,
+            "pool": sed.POOLING_SIZE,
+            "test_pool": sed.TEST_POOLING_SIZE or None,
+        }
+
+    def compile_targets(self) -> List[nn.Module]:
+        """The per-class layers ``MODEL.COMPILE`` compiles."""
+        return list(self.layers)
 
     def forward(self, cost: torch.Tensor, guidance: List[torch.Tensor], topk: Optional[int] = None,
                 class_chunk: int = 0) -> Dict:
@@ -82,9 +109,7 @@ class SEDDecoder(nn.Module):
                 scores = self.aux_heads[i](x).view(b, -1, *x.shape[-2:])
                 keep = topk_union(scores, topk)
                 if keep.numel() < kept.numel():
-                    cur = kept.numel()
-                    x = apply_class_selection(x, cur, keep)
-                    cost_guid = apply_class_selection(cost_guid, cur, keep)
+                    x, cost_guid = (select_class_rows(t, kept.numel(), keep) for t in (x, cost_guid))
                     kept = kept[keep]
             cost_guid = chunked_over_classes(self.cost_guidance_proj[i], cost_guid, kept.numel(), chunk)
             x = layer(x, kept.numel(), guid[i], cost_guid, chunk)

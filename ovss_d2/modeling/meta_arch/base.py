@@ -1,7 +1,9 @@
 """What every open-vocabulary segmentor shares: its CLIP, its vocabulary and the vocabulary's text
-embeddings, image normalisation and padding, and resizing outputs to the input size."""
+embeddings, image normalisation (:func:`normalize_images`, also used outside the models) and padding,
+fixed-resolution batches, the one-hot BCE segmentation losses, and the one resize of the scores to
+the requested output size (:meth:`OpenVocabSegmentor.output_probs`)."""
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -13,6 +15,17 @@ from detectron2.structures import ImageList
 from ...utils.vocabulary import check_vocabulary, dataset_vocabulary
 from ..clip import CLIPWrapper, TextEmbeddingCache, default_cache_dir, resolve_templates
 from ..fast_paths import FastPaths
+from .. import losses  # its functions looked up at each call (a test patches the BCE)
+
+
+def normalize_images(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """(..., 3, H, W) uint8 or float RGB in 0..255 -> float ``(images - mean) / std`` per channel,
+    on ``mean``'s device. ``mean``, ``std``: 3 values each (in 0..255 units), tensors or lists
+    (lists: on the images' device). Every place that feeds images to a model normalises here."""
+    if not torch.is_tensor(mean):
+        mean, std = torch.tensor(mean, device=images.device), torch.tensor(std, device=images.device)
+    mean, std = mean.reshape(-1, 1, 1), std.reshape(-1, 1, 1)
+    return (images.to(mean.device).float() - mean) / std
 
 
 class OpenVocabSegmentor(nn.Module):
@@ -113,57 +126,55 @@ class OpenVocabSegmentor(nn.Module):
         return self._device_embeddings[1]
 
     # ---- images --------------------------------------------------------------------------------
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """(..., 3, H, W) uint8 or float RGB on any device -> normalised float images on the model's
+        device (the model side's one normalisation, :func:`normalize_images`)."""
+        return normalize_images(images, self.pixel_mean, self.pixel_std)
+
     def preprocess_images(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalised images padded to ``size_divisibility``: ImageList of (B, 3, Hp, Wp)."""
-        images = [(x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        return ImageList.from_tensors(images, self.size_divisibility)
+        return ImageList.from_tensors([self.normalize(x["image"]) for x in batched_inputs], self.size_divisibility)
 
     def sem_seg_targets(self, batched_inputs: List[Dict], images: ImageList) -> torch.Tensor:
         """(B, Hp, Wp) int64 targets padded with the ignore value."""
         targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
         return ImageList.from_tensors(targets, self.size_divisibility, pad_value=self.ignore_value).tensor.long()
 
-    def postprocess(self, probs: torch.Tensor, images: ImageList, batched_inputs: List[Dict]) -> List[Dict]:
-        """(B, N, Hp, Wp) scores at the padded input size -> per image (N, height, width)."""
-        results = []
-        for prob, image_size, x in zip(probs, images.image_sizes, batched_inputs):
-            height = x.get("height", image_size[0])
-            width = x.get("width", image_size[1])
-            results.append({"sem_seg": sem_seg_postprocess(prob, image_size, height, width)})
-        return results
-
     def resize_to(self, x: torch.Tensor, size) -> torch.Tensor:
+        """(B, C, h, w) -> (B, C, *size), bilinear; unchanged when already that size."""
         if tuple(x.shape[-2:]) == tuple(size):
             return x
         return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
-    def fixed_resolution_losses(self, batched_inputs: List[Dict], resolution, predict) -> Dict:
-        """Training as SED / ERR-Seg do: the padded batch resized to ``resolution``, ``predict``
-        (images, targets) -> list of (B, N, h, w) logits, one-hot BCE against the targets."""
-        from ..losses import one_hot_bce_with_logits
-
+    def fixed_resolution_batch(self, batched_inputs: List[Dict], resolution) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Training as SED / ERR-Seg do: the normalised images padded to ``size_divisibility`` and
+        resized to ``resolution`` (B, 3, h, w), and the padded targets (B, Hp, Wp) int64."""
         images = self.preprocess_images(batched_inputs)
-        targets = self.sem_seg_targets(batched_inputs, images)
-        outputs = predict(self.resize_to(images.tensor, resolution), targets)
-        losses = {}
+        return self.resize_to(images.tensor, resolution), self.sem_seg_targets(batched_inputs, images)
+
+    def segmentation_losses(self, outputs: Sequence[torch.Tensor], targets: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """One-hot BCE of each (B, N, h, w) logits, upsampled (bilinear, float) to the targets'
+        (B, H, W) size: ``{"loss_sem_seg_0": ..., "loss_sem_seg_1": ...}``."""
+        result = {}
         for i, logits in enumerate(outputs):
             logits = F.interpolate(logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False)
-            losses[f"loss_sem_seg_{i}"] = one_hot_bce_with_logits(logits, targets, self.ignore_value)
-        return losses
+            result[f"loss_sem_seg_{i}"] = losses.one_hot_bce_with_logits(logits, targets, self.ignore_value)
+        return result
 
-    def fixed_resolution_inference(self, batched_inputs: List[Dict], resolution, predict) -> List[Dict]:
-        """Every image resized to ``resolution`` on its own (no padding), ``predict`` (images) ->
-        (B, N, h, w) logits, sigmoid, each map resized to its image's requested output size."""
-        images = torch.cat([self.resize_to(((x["image"].to(self.device).float() - self.pixel_mean)
-                                          / self.pixel_std)[None], resolution) for x in batched_inputs])
-        with self.fast_paths.autocast(images.device):  # TEST.AMP
-            probs = predict(images).float().sigmoid()
+    def fixed_resolution_images(self, batched_inputs: List[Dict], resolution) -> torch.Tensor:
+        """Inference as SED / ERR-Seg do: every image normalised and resized to ``resolution`` on its
+        own (no padding): (B, 3, h, w)."""
+        return torch.cat([self.resize_to(self.normalize(x["image"])[None], resolution) for x in batched_inputs])
+
+    def output_probs(self, probs: Sequence[torch.Tensor], batched_inputs: List[Dict],
+                     image_sizes: Optional[Sequence[Tuple[int, int]]] = None) -> List[Dict]:
+        """The one resize to the requested output size: scores (B, N, h, w), or B maps (N, h_i, w_i),
+        -> ``[{"sem_seg": (N, height, width)}]``, bilinear. With ``image_sizes`` (an ImageList's)
+        each map is first cut to its image's unpadded region (detectron2's ``sem_seg_postprocess``);
+        without, the whole map is resized. ``height`` / ``width`` default to the input image's size."""
         results = []
-        for prob, x in zip(probs, batched_inputs):
-            size = (x.get("height", x["image"].shape[-2]), x.get("width", x["image"].shape[-1]))
-            results.append({"sem_seg": F.interpolate(prob[None], size=size, mode="bilinear", align_corners=False)[0]})
+        for i, (prob, x) in enumerate(zip(probs, batched_inputs)):
+            crop = image_sizes[i] if image_sizes is not None else prob.shape[-2:]
+            height, width = x.get("height", x["image"].shape[-2]), x.get("width", x["image"].shape[-1])
+            results.append({"sem_seg": sem_seg_postprocess(prob, crop, height, width)})
         return results
-
-    @staticmethod
-    def upsample_to(logits: torch.Tensor, images: ImageList) -> torch.Tensor:
-        return F.interpolate(logits, size=images.tensor.shape[-2:], mode="bilinear", align_corners=False)

@@ -49,11 +49,12 @@ class CLIPDenseBaseline(OpenVocabSegmentor):
 
     def forward(self, batched_inputs: List[Dict]):
         images = self.preprocess_images(batched_inputs)
+        padded_size = images.tensor.shape[-2:]
         if self.training:
-            logits = self.upsample_to(self.segment(images.tensor), images)
+            logits = self.resize_to(self.segment(images.tensor), padded_size)
             targets = self.sem_seg_targets(batched_inputs, images)
-            loss = F.cross_entropy(logits, targets, ignore_index=self.ignore_value)
-            return {"loss_sem_seg": loss}
+            return {"loss_sem_seg": F.cross_entropy(logits, targets, ignore_index=self.ignore_value)}
         with self.fast_paths.autocast(images.tensor.device):  # TEST.AMP
             logits = self.segment(images.tensor)
-        return self.postprocess(self.upsample_to(logits.float(), images).softmax(dim=1), images, batched_inputs)
+        probs = self.resize_to(logits.float(), padded_size).softmax(dim=1)
+        return self.output_probs(probs, batched_inputs, images.image_sizes)

@@ -11,7 +11,7 @@ Training (one batch of the ``MultiCropCaptionMapper``, see
   (:func:`~ovss_d2.modeling.contrastive.cross_modal_info_nce`);
 * ``loss_cluster``: IIC's mutual information between the online clustering head's assignments of
   the global view and of its colour-jittered, flipped copy mapped back pixel to pixel
-  (:mod:`ovss_d2.modeling.grouping.clustering`), w.r.t. the head only as Eq. 1 writes it
+  (:mod:`ovss_d2.modeling.clustering`), w.r.t. the head only as Eq. 1 writes it
   (``CLUSTER_GRAD_TO_ENCODER False``) or also the encoder. With ``CLUSTERING kmeans`` (Table 2's
   offline row) there is no head and no ``loss_cluster``.
 
@@ -35,7 +35,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from ..contrastive import MultiCropDistillation, cross_modal_info_nce, dino_teacher_momentum, ema_update_
-from ..grouping.clustering import OnlineClusteringHead, cluster_average, iic_loss, kmeans, undo_hflip
+from ..clustering import OnlineClusteringHead, cluster_average, iic_loss, kmeans, undo_hflip
 from ..self_training import pixel_cross_entropy
 from .base import OpenVocabSegmentor
 
@@ -113,10 +113,6 @@ class ViLSeg(OpenVocabSegmentor):
         return self.log_logit_scale.exp().clamp(max=100.0)
 
     # ---- embeddings ----------------------------------------------------------------------------
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """(..., 3, H, W) uint8 RGB -> normalised float images."""
-        return (images.to(self.device).float() - self.pixel_mean) / self.pixel_std
-
     def embed(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Normalised images (B, 3, H, W), sides multiples of the patch size ->
         ``e_pxl`` (B, D, H/p, W/p): every patch token after the last block, ``ln_post`` and the
@@ -254,20 +250,16 @@ class ViLSeg(OpenVocabSegmentor):
         b, h, w = assignment.shape
         return per_pixel.transpose(1, 2).reshape(b, -1, h, w), assignment
 
-    def inference(self, batched_inputs: List[Dict]) -> List[Dict]:
-        text = F.normalize(self.class_embeddings().mean(dim=1).float(), dim=-1)  # template ensemble (N, D)
+    def patch_aligned(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> resized so that each side is the nearest multiple of the patch size (at least one patch)."""
         p = self.clip.patch_size
-        results = []
-        for x in batched_inputs:
-            image = self.normalize(x["image"])[None]
-            h, w = image.shape[-2:]
-            size = (max(p, round(h / p) * p), max(p, round(w / p) * p))
-            probs, _ = self.segment(self.resize_to(image, size), text)
-            out = (x.get("height", h), x.get("width", w))
-            results.append({"sem_seg": F.interpolate(probs, size=out, mode="bilinear", align_corners=False)[0]})
-        return results
+        h, w = image.shape[-2:]
+        return self.resize_to(image, (max(p, round(h / p) * p), max(p, round(w / p) * p)))
 
     def forward(self, batched_inputs: List[Dict]):
         if self.training:
             return self.losses(batched_inputs)
-        return self.inference(batched_inputs)
+        text = F.normalize(self.class_embeddings().mean(dim=1).float(), dim=-1)  # template ensemble (N, D)
+        images = [self.patch_aligned(self.normalize(x["image"])[None]) for x in batched_inputs]  # each (1, 3, h, w)
+        probs = [self.segment(image, text)[0][0] for image in images]  # each (N, h/p, w/p)
+        return self.output_probs(probs, batched_inputs)

@@ -18,13 +18,13 @@ classes, ``TEST_TOPK_CLASSES``; the background threshold capped by the best grou
 below the threshold. Not in the paper, ``GROUP_NAMING teacher`` names each group by the teacher's
 dense embedding averaged over the group's pixels instead of its segment embedding.
 """
-from typing import Dict, List, Optional
+from functools import partial
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
 from ..backbones import MAEDecoder, MaskedViTEncoder, masked_patch_mse
@@ -117,7 +117,19 @@ class ZeroSeg(OpenVocabSegmentor):
         return self.encoder.patch_size
 
     def forward(self, batched_inputs: List[Dict]):
-        return self.losses(batched_inputs) if self.training else self.inference(batched_inputs)
+        if self.training:
+            return self.losses(batched_inputs)
+        text, foreground, background, num_classes = self.named_classes()
+        image_scores = partial(self.image_scores, text=text, foreground=foreground, background=background,
+                               num_classes=num_classes)
+        scores = []
+        for x in batched_inputs:
+            image = x["image"].to(self.device)
+            if self.test_mode == "slide":
+                scores.append(sliding_window_scores(image, self.test_crop_size, self.test_stride, image_scores))
+            else:
+                scores.append(image_scores(image))
+        return self.output_probs(scores, batched_inputs)
 
     # ---- training --------------------------------------------------------------------------------
     def teacher_features(self, batched_inputs: List[Dict], images: torch.Tensor) -> torch.Tensor:
@@ -128,8 +140,7 @@ class ZeroSeg(OpenVocabSegmentor):
         return teacher_view_features(self.clip, images, self.grids, self.teacher_view_size)
 
     def losses(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
-        images = torch.stack([(x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std
-                              for x in batched_inputs])
+        images = self.normalize(torch.stack([x["image"] for x in batched_inputs]))
         if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
             raise ValueError(f"ZeroSeg trains on {self.image_size}x{self.image_size} inputs, got "
                              f"{tuple(images.shape[-2:])}: use INPUT.DATASET_MAPPER_NAME CenterCropImageMapper with "
@@ -192,8 +203,7 @@ class ZeroSeg(OpenVocabSegmentor):
 
     def segment_image(self, image: torch.Tensor) -> Dict:
         """:meth:`segment_input` of an image (3, H, W) uint8 (or float in 0..255)."""
-        image = ImageList.from_tensors([(image.to(self.device).float() - self.pixel_mean) / self.pixel_std],
-                                       self.patch_size)
+        image = ImageList.from_tensors([self.normalize(image)], self.patch_size)
         seg = self.segment(image.tensor[0])
         seg["naming"] = seg["segments"]
         if self.group_naming == "teacher":
@@ -230,28 +240,17 @@ class ZeroSeg(OpenVocabSegmentor):
             probs = logits.masked_fill(~allowed, float("-inf")).softmax(-1) * probs
         return probs
 
-    def inference(self, batched_inputs: List[Dict]) -> List[Dict]:
+    def named_classes(self) -> Tuple[torch.Tensor, List[int], List[int], int]:
+        """The vocabulary split for inference: ``text`` (N_fg, D) template-averaged embeddings of
+        the foreground classes, their indices, the index of the ``background`` class (a list of at
+        most one; later background entries score 0) and the number of classes N."""
         names = self.vocabulary
         background = [i for i, n in enumerate(names) if is_background(n)]
         foreground = [i for i in range(len(names)) if i not in background]
         if not foreground:
             raise ValueError(f"The vocabulary {names} has no class besides {BACKGROUND!r}.")
         text = self.class_embeddings([names[i] for i in foreground]).mean(dim=1)  # (N_fg, D) over templates
-
-        def predict(image: torch.Tensor) -> torch.Tensor:  # (3, h, w) -> (N, h, w)
-            return self.image_scores(image, text, foreground, background[:1], len(names))
-
-        results = []
-        for x in batched_inputs:
-            image = x["image"].to(self.device)
-            if self.test_mode == "slide":
-                scores = sliding_window_scores(image, self.test_crop_size, self.test_stride, predict)
-            else:
-                scores = predict(image)
-            size = tuple(image.shape[-2:])
-            height, width = x.get("height", size[0]), x.get("width", size[1])
-            results.append({"sem_seg": sem_seg_postprocess(scores, size, height, width)})
-        return results
+        return text, foreground, background[:1], len(names)
 
     def image_scores(self, image: torch.Tensor, text: torch.Tensor, foreground: List[int], background: List[int],
                      num_classes: int) -> torch.Tensor:

@@ -42,7 +42,6 @@ WALL_COLORS: Tuple[str, ...] = ("red", "yellow", "blue", "green", "white", "pink
 BASE_WALL_COLORS: Tuple[str, ...] = ("red", "yellow", "blue", "green")
 
 
-
 def object_class(colour: str, pattern: str) -> str:
     return f"{colour} {pattern} {OBJECT_NOUN}"
 

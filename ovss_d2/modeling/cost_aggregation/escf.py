@@ -1,4 +1,4 @@
-"""ERR-Seg's efficient spatial and class fusion (ESCF) and its gradual upsampling decoder (GUD).
+"""ERR-Seg's efficient spatial and class fusion (ESCF): the aggregator layers of its decoder.
 
 Per-class maps carry the class axis folded into the batch, ``(B*K, C, H, W)``."""
 from typing import Sequence
@@ -7,6 +7,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
+
+from .class_chunks import chunked_over_classes
+from .class_mixer import PooledClassMixer
 
 
 class StarMlp(nn.Module):
@@ -98,44 +101,21 @@ class SpatialFusion(nn.Module):
         return y.transpose(1, 2).reshape(bk, c, h, w)
 
 
-class ClassFusion(nn.Module):
-    """Class fusion: at every cell of a ``pool``-average-pooled grid, attention across the K classes
-    with the text guidance; the update is upsampled back (bilinear, corners aligned) as a residual.
-    x: (B*K, C, H, W), text guidance: (B, K, C) -> (B*K, C, H, W)."""
+class ESCFLayer(nn.Module):
+    """One aggregator layer: spatial fusion of every class map with the image guidance (per class;
+    ``class_chunk`` classes at a time when > 0), then class fusion with the text guidance on a
+    ``pool``-pooled grid (:class:`PooledClassMixer`).
 
-    def __init__(self, dim: int, num_heads: int, pool: Sequence[int] = (2, 2), drop_path: float = 0.0):
+    x: (B*K, C, H, W), image guidance: (B, C, H, W), text guidance: (B, K, C) -> (B*K, C, H, W)."""
+
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int, drop_path: float, pool: Sequence[int]):
         super().__init__()
-        self.block = FusionBlock(dim, num_heads, sr_ratio=1, spatial=False, drop_path=drop_path)
-        self.pool = tuple(pool)
+        self.spatial = SpatialFusion(dim, num_heads, sr_ratio, drop_path)
+        self.klass = PooledClassMixer(FusionBlock(dim, num_heads, sr_ratio=1, spatial=False, drop_path=drop_path),
+                                      pool)
 
-    def forward(self, x: torch.Tensor, text_guidance: torch.Tensor) -> torch.Tensor:
-        bk, c, h, w = x.shape
-        b, k = text_guidance.shape[:2]
-        pooled = F.avg_pool2d(x, self.pool)
-        hp, wp = pooled.shape[-2:]
-        t = pooled.view(b, k, c, hp, wp).permute(0, 3, 4, 1, 2).reshape(b * hp * wp, k, c)
-        g = text_guidance.repeat_interleave(hp * wp, dim=0)
-        t = self.block(t, g)
-        t = t.view(b, hp, wp, k, c).permute(0, 3, 4, 1, 2).reshape(bk, c, hp, wp)
-        return x + F.interpolate(t, size=(h, w), mode="bilinear", align_corners=True)
-
-
-class UpBlock(nn.Module):
-    """Gradual upsampling: 2x transposed conv (or a 1x1 conv without upsampling), concatenation with
-    the image guidance of that scale (repeated per class), two 3x3 conv + GroupNorm(C/8) + ReLU.
-    x: (B*K, C_in, H, W), guidance: (B, G, sH, sW) -> (B*K, C_out, sH, sW)."""
-
-    def __init__(self, in_dim: int, out_dim: int, guidance_dim: int, up: bool = True):
-        super().__init__()
-        self.up_conv = (nn.ConvTranspose2d(in_dim, out_dim, 2, stride=2) if up else nn.Conv2d(in_dim, out_dim, 1))
-        self.fuse = nn.Sequential(
-            nn.Conv2d(out_dim + guidance_dim, out_dim, 3, padding=1, bias=False), nn.GroupNorm(out_dim // 8, out_dim),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_dim, out_dim, 3, padding=1, bias=False), nn.GroupNorm(out_dim // 8, out_dim),
-            nn.ReLU(inplace=True),
-        )
-
-    def forward(self, x: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
-        x = self.up_conv(x)
-        g = guidance.repeat_interleave(x.shape[0] // guidance.shape[0], dim=0)
-        return self.fuse(torch.cat([x, g], dim=1))
+    def forward(self, x: torch.Tensor, image_guidance: torch.Tensor, text_guidance: torch.Tensor,
+                class_chunk: int = 0) -> torch.Tensor:
+        k = text_guidance.shape[1]
+        x = chunked_over_classes(lambda rows: self.spatial(rows, image_guidance), x, k, class_chunk)
+        return self.klass(x, k, text_guidance)

@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..paths import TOYWORLD, cache_path
 from .vocabulary import (CAPTION_CLASSES, COLORS, NATURAL_STUFF, SHAPES, TRAIN_CLASSES, VAL_CLASSES, VAL_UNSEEN,
                          WIDE_CLASSES, WIDE_UNSEEN, is_object, split_name)
 
@@ -317,8 +318,8 @@ def render_scene(split: str, index: int, size: int = IMAGE_SIZE, seed: int = SEE
 
 
 def default_root() -> str:
-    cache = os.environ.get("OVSS_D2_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ovss_d2"))
-    return os.path.join(cache, "toyworld", f"v{GENERATOR_VERSION}")
+    """The cached ToyWorld of this generator version: ``$OVSS_D2_CACHE/toyworld/v<version>``."""
+    return cache_path(TOYWORLD, f"v{GENERATOR_VERSION}")
 
 
 def is_generated(root: str) -> bool:

@@ -1,7 +1,10 @@
-"""Class rejection shared by SED (early rejection) and ERR-Seg: choose a subset of classes,
-run the rest of the decoder on it only, and fill the dropped classes' logits.
+"""Class selection, shared by SED (early rejection) and ERR-Seg (CRM): choose a subset of the N
+classes, run the rest of the decoder on the kept ones only (:func:`select_classes`,
+:func:`select_class_rows`), and fill the others' logits (:func:`fill_rejected`). The choice: SED's
+:func:`topk_union` (one set for the batch), ERR-Seg's :func:`crm_select` (one set per image).
 
-All operations are vectorised over the batch, classes and pixels."""
+Kept classes are (K,) indices shared by the batch or (B, K) per image. All operations are
+vectorised over the batch, classes and pixels."""
 import torch
 
 REJECTED_LOGIT = -1e4  # large negative, finite in fp16 too
@@ -21,10 +24,21 @@ def topk_union(scores: torch.Tensor, k: int) -> torch.Tensor:
     return hit.nonzero(as_tuple=False).squeeze(1)  # the one synchronisation: K depends on the data
 
 
-def apply_class_selection(x: torch.Tensor, num_classes: int, keep: torch.Tensor) -> torch.Tensor:
-    """(B*N, ...) -> (B*K, ...): the rows of the kept classes of every image."""
+def select_classes(x: torch.Tensor, keep: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """The kept classes of a tensor with the batch first and the class axis at ``dim``:
+    (B, ..., N, ...) -> (B, ..., K, ...). ``keep``: (K,) shared by the batch or (B, K) per image."""
+    if keep.dim() == 1:
+        return x[(slice(None),) * dim + (keep,)]
+    b, k = keep.shape
+    index = keep.view(b, *[1] * (dim - 1), k, *[1] * (x.dim() - dim - 1))
+    return x.gather(dim, index.expand(*x.shape[:dim], k, *x.shape[dim + 1:]))
+
+
+def select_class_rows(x: torch.Tensor, num_classes: int, keep: torch.Tensor) -> torch.Tensor:
+    """The rows of the kept classes of every image: (B*N, ...) -> (B*K, ...), class axis folded
+    into the batch (image-major)."""
     b = x.shape[0] // num_classes
-    return x.view(b, num_classes, *x.shape[1:])[:, keep].reshape(b * keep.numel(), *x.shape[1:])
+    return select_classes(x.view(b, num_classes, *x.shape[1:]), keep).flatten(0, 1)
 
 
 def fill_rejected(logits: torch.Tensor, keep: torch.Tensor, num_classes: int,

@@ -65,7 +65,8 @@ def _object_records(root: Optional[str]) -> List[Dict]:
 
 def register_toyworld(root: Optional[str] = None, prefix: str = "toyworld") -> None:
     """Register the ToyWorld datasets under ``prefix`` for the data at ``root`` (default: the
-    cache, ``$OVSS_D2_CACHE/toyworld``, looked up when the data is first read)."""
+    cache, ``$OVSS_D2_CACHE/toyworld``, looked up when the data is first read). ``import ovss_d2``
+    registers the default ones (a built-in dataset source, ``ovss_d2.toyworld``)."""
     for suffix, (split, classes, unseen) in LABELLED.items():
         DatasetCatalog.register(f"{prefix}_{suffix}", lambda split=split: _records(root, split))
         MetadataCatalog.get(f"{prefix}_{suffix}").set(
@@ -82,6 +83,3 @@ def register_toyworld(root: Optional[str] = None, prefix: str = "toyworld") -> N
     for name in (f"{prefix}_captions_train", f"{prefix}_unlabeled_train"):
         MetadataCatalog.get(name).set(evaluator_type="none")
 
-
-if "toyworld_train" not in DatasetCatalog.list():
-    register_toyworld()
