@@ -5,6 +5,8 @@ from typing import Dict, List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from .datasets import add_builtin_datasets
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -42,5 +44,4 @@ def register_builtin_image_folders(root: Optional[str] = None) -> None:
                           "Put ILSVRC2012's train/<wnid>/*.JPEG folders there (see datasets/README.md).")
 
 
-if "imagenet_unlabeled_train" not in DatasetCatalog.list():
-    register_builtin_image_folders()
+add_builtin_datasets("image_folders", register_builtin_image_folders)  # registered by `import ovss_d2`
