@@ -6,27 +6,17 @@ import pytest
 from detectron2.config import CfgNode, get_cfg
 
 from ovss_d2.config import METHOD_CONFIGS, add_ovss_config, add_shared_config
+from ovss_d2.engine.resume import flatten
 
 # Keys a method adds outside MODEL.<METHOD>: the input keys of its own mapper.
 MAPPER_KEYS = {"ZEROSEG": ("INPUT.CENTER_CROP_SIZE",), "VIL_SEG": ("INPUT.VIL_SEG.",)}
 
 
-def _flatten(node: CfgNode, prefix: str = "") -> Dict[str, object]:
-    """{"MODEL.SED.HIDDEN_DIM": 128, ...}: every leaf of ``node``."""
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, CfgNode):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _added(add: Callable[[CfgNode], None]) -> Dict[str, object]:
     """The leaves ``add`` sets on a fresh detectron2 config: new keys and changed defaults."""
-    before, cfg = _flatten(get_cfg()), get_cfg()
+    before, cfg = flatten(get_cfg()), get_cfg()
     add(cfg)
-    return {k: v for k, v in _flatten(cfg).items() if k not in before or before[k] != v}
+    return {k: v for k, v in flatten(cfg).items() if k not in before or before[k] != v}
 
 
 def _owned(method: str, key: str) -> bool:
