@@ -46,7 +46,15 @@ def fake(monkeypatch):
         calls.append((model, seed, train, config, list(opts)))
         return 60.0
 
+    def build_teacher_cache(config, opts, log_path):
+        root = opts[opts.index("MODEL.ZEROSEG.TEACHER_CACHE") + 1]
+        os.makedirs(root, exist_ok=True)
+        open(os.path.join(root, "index.json"), "w").close()
+        calls.append(("teacher_cache", root, None, config, list(opts)))
+        return 5.0
+
     monkeypatch.setattr(abl, "run_train_net", run_train_net)
+    monkeypatch.setattr(abl, "build_teacher_cache", build_teacher_cache)
     monkeypatch.setattr(abl, "prepare_data", lambda: None)
     return calls
 
@@ -138,6 +146,11 @@ def test_dry_run_lists_and_runs_nothing(fake, tmp_path, capsys):
 
 def test_training_speed_column_and_claim(fake, tmp_path):
     report = abl.main(["--groups", "zeroseg_table5", "--output-dir", str(tmp_path)])
+    # the three mask ratios share one teacher cache (grids 1..4), built once, before any training
+    cache = str(tmp_path / "teacher" / "grids_1_2_3_4")
+    assert [c[1] for c in fake if c[0] == "teacher_cache"] == [cache] and fake[0][0] == "teacher_cache"
+    trained = [c for c in fake if c[2]]
+    assert len(trained) == 6 and all(c[4][-2:] == ["MODEL.ZEROSEG.TEACHER_CACHE", cache] for c in trained)
     rows = report["groups"]["zeroseg_table5"]["rows"]
     assert rows["zs_t5_0"]["values"]["train s / it"] == {1: 2.0, 2: 2.1}
     speed = [c for c in report["groups"]["zeroseg_table5"]["claims"] if c["column"] == "train s / it"]
