@@ -19,6 +19,8 @@ FAKE_DENSE = {"clip_seg": (15.0, 16.0), "vil_seg": (3.0, 4.0)}
 FAKE_TRAIN_OWN = {"clip_seg": (1.0, 1.0)}
 # seconds per training iteration (seed 1, seed 2) of ZeroSeg's mask-ratio models
 SPEED = {"zs_mask_0": (2.0, 2.1), "zs_all": (1.5, 1.6), "zs_mask_08": (1.2, 1.3)}
+# the same models' training steps timed side by side (ms, rounds 1 and 2): 0.8 is no faster than 0.6
+STEP_MS = {"zs_mask_0": (300.0, 310.0), "zs_all": (200.0, 205.0), "zs_mask_08": (198.0, 210.0)}
 
 
 @pytest.fixture
@@ -54,7 +56,12 @@ def fake(monkeypatch):
         return 5.0
 
     monkeypatch.setattr(abl, "run_train_net", run_train_net)
+    def measure_step_times(models, rounds, steps=20, warmup=3):
+        calls.append(("step_times", tuple(models), rounds, None, []))
+        return {"ms": {str(r + 1): {m: STEP_MS[m][r] for m in models} for r in range(rounds)}}
+
     monkeypatch.setattr(abl, "build_teacher_cache", build_teacher_cache)
+    monkeypatch.setattr(abl, "measure_step_times", measure_step_times)
     monkeypatch.setattr(abl, "prepare_data", lambda: None)
     return calls
 
@@ -149,12 +156,20 @@ def test_training_speed_column_and_claim(fake, tmp_path):
     # the three mask ratios share one teacher cache (grids 1..4), built once, before any training
     cache = str(tmp_path / "teacher" / "grids_1_2_3_4")
     assert [c[1] for c in fake if c[0] == "teacher_cache"] == [cache] and fake[0][0] == "teacher_cache"
-    trained = [c for c in fake if c[2]]
+    trained = [c for c in fake if c[2] is True]
     assert len(trained) == 6 and all(c[4][-2:] == ["MODEL.ZEROSEG.TEACHER_CACHE", cache] for c in trained)
     rows = report["groups"]["zeroseg_table5"]["rows"]
     assert rows["zs_t5_0"]["values"]["train s / it"] == {1: 2.0, 2: 2.1}
-    speed = [c for c in report["groups"]["zeroseg_table5"]["claims"] if c["column"] == "train s / it"]
-    assert len(speed) == 1 and speed[0]["diff"] == pytest.approx(1.55 - 2.05) and speed[0]["verdict"] == "reproduced"
+    assert rows["zs_t5_08"]["values"]["ms / step (side by side)"] == {1: 198.0, 2: 210.0}
+    # the speed claims read the side-by-side step times (measured once, both rounds), not the logged speed
+    assert [c[1:3] for c in fake if c[0] == "step_times"] == [(("zs_mask_0", "zs_all", "zs_mask_08"), 2)]
+    speed = {(c["a"], c["b"]): c for c in report["groups"]["zeroseg_table5"]["claims"]
+             if c["column"] == "ms / step (side by side)"}
+    assert speed[("zs_t5_06", "zs_t5_0")]["diff"] == pytest.approx(202.5 - 305.0)
+    assert speed[("zs_t5_06", "zs_t5_0")]["verdict"] == "reproduced"
+    assert speed[("zs_t5_08", "zs_t5_06")]["verdict"] == "tie"  # 204 vs 202.5, spread 12
+    abl.main(["--groups", "zeroseg_table5", "--output-dir", str(tmp_path)])
+    assert len([c for c in fake if c[0] == "step_times"]) == 1  # cached: not measured again
     assert "| mask ratio 0.8 | 32.8 (speed-up 43 %) |" in open(tmp_path / "ablations.md").read()
     assert "| 1.25 (1.20, 1.30) |" in open(tmp_path / "ablations.md").read()
 
