@@ -270,9 +270,7 @@ def evaluated(path: str, datasets: Sequence[str]) -> bool:
 def load_cfg(config: str, opts: Sequence[str]):
     from ovss_d2.engine import load_config
 
-    cfg = load_config(os.path.join(REPO, config))
-    cfg.merge_from_list(list(opts))
-    return cfg
+    return load_config(os.path.join(REPO, config), list(opts))
 
 
 def model_datasets(config: str, opts: Sequence[str]) -> Tuple[str, ...]:

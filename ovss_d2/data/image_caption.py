@@ -41,6 +41,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from ..paths import IMAGE_CAPTION_INDEX, cache_path
+from .datasets import add_builtin_datasets
 from .io import UnreadableImageError, read_image_rgb
 from .record_table import CATEGORY, INT, PATH, STR, RecordTable, TableBuilder, build_or_open
 
@@ -506,4 +507,4 @@ def register_builtin_image_caption() -> None:
                           f"caption --output_format webdataset --output_folder {folder} (see docs/methods/vil_seg.md)"))
 
 
-register_builtin_image_caption()
+add_builtin_datasets("image_caption", register_builtin_image_caption)  # registered by `import ovss_d2`

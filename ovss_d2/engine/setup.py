@@ -106,8 +106,8 @@ def skip_initial_clip_weights(cfg: CfgNode, weights: str) -> CfgNode:
     pretrained = str(clip.PRETRAINED)
     if is_no_checkpoint(weights) or not cfg.MODEL.WEIGHTS_STRICT or pretrained.lower() in NO_WEIGHTS:
         return cfg
-    if os.path.isfile(os.path.expanduser(pretrained)):
-        return cfg
+    if not is_weights_tag(pretrained) and os.path.isfile(os.path.expanduser(pretrained)):
+        return cfg  # as resolve_clip_weights: a registered tag first, then a local file
     if os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
         logger.warning(f"MODEL.CLIP.PRETRAINED {pretrained} does not exist; the CLIP weights come from {weights}. "
                        f"If that file was an OpenAI-layout checkpoint, set MODEL.CLIP.QUICK_GELU True.")

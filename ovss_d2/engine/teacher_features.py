@@ -48,13 +48,14 @@ def build_teacher_cache(cfg, output: str, dataset: Optional[str] = None, shard_s
     device = torch.device(cfg.MODEL.DEVICE if torch.cuda.is_available() else "cpu")
     clip = CLIPWrapper.from_config(cfg).to(device).eval()
     grids, size = list(z.GRIDS), teacher_view_size(cfg)
+    mean, std = (torch.tensor(v, device=device) for v in (clip.pixel_mean, clip.pixel_std))
 
     def compute(part):
         loader = DataLoader(_CroppedImages(part, cfg.INPUT.CENTER_CROP_SIZE), batch_size=batch_size,
                             num_workers=cfg.DATALOADER.NUM_WORKERS)
         feats = []
         for images, readable in loader:
-            x = normalize_images(images.to(device), clip.pixel_mean, clip.pixel_std)
+            x = normalize_images(images.to(device), mean, std)
             f = teacher_view_features(clip, x, grids, size) * readable.to(device).view(-1, 1, 1)
             feats.append(f.cpu().numpy())
         return np.concatenate(feats)

@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image
 
 from ..io import read_label
-from .preparation import Item, write_jpeg, write_label_png
+from ..io import write_label_png
+from .preparation import Item, write_jpeg
 
 UNKNOWN = -1
 IGNORE_8BIT = 255

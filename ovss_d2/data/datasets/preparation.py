@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..io import atomic_output, write_label_png  # noqa: F401 (write_label_png: conversions.py imports it from here)
+from ..io import atomic_output
 
 PREPARED_MARKER = "prepared.json"
 MARKER_FORMAT = 1
